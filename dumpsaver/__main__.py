@@ -1,0 +1,3 @@
+from dumpsaver.cli import main
+
+raise SystemExit(main())
