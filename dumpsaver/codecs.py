@@ -1,0 +1,118 @@
+"""Per-page compression codecs.
+
+Each page is compressed on its own so that it can be verified and salvaged on
+its own, and copied unchanged into a kdump-compressed file (zlib streams and
+zstd frames are what makedumpfile stores).  Decompression is bounded to one
+page: a hostile page cannot expand beyond it (no decompression bombs).
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from dumpsaver.errors import DumpsaverError
+
+
+class Codec(enum.IntEnum):
+    ZLIB = 1
+    ZSTD = 2
+    LZ4 = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class CodecError(Exception):
+    """A page could not be decompressed to exactly one page."""
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        raise DumpsaverError(
+            "the zstd codec needs the zstandard module",
+            hint="install python3-zstandard (Debian) or 'pip install zstandard'",
+        ) from None
+    return zstandard
+
+
+def _lz4() -> Any:
+    try:
+        import lz4.block
+    except ImportError:
+        raise DumpsaverError(
+            "the lz4 codec needs the lz4 module",
+            hint="install python3-lz4 (Debian) or 'pip install lz4'",
+        ) from None
+    return lz4.block
+
+
+def available(codec: Codec) -> bool:
+    try:
+        {Codec.ZLIB: lambda: None, Codec.ZSTD: _zstd, Codec.LZ4: _lz4}[codec]()
+    except DumpsaverError:
+        return False
+    return True
+
+
+Compressor = Callable[[bytes], bytes]
+Decompressor = Callable[[bytes], bytes]
+
+
+def compressor(codec: Codec, level: int | None = None) -> Compressor:
+    if codec is Codec.ZLIB:
+        lvl = 1 if level is None else level
+        return lambda page: zlib.compress(page, lvl)
+    if codec is Codec.ZSTD:
+        c = _zstd().ZstdCompressor(level=1 if level is None else level, write_content_size=True)
+        return c.compress  # type: ignore[no-any-return]
+    blk = _lz4()
+    return lambda page: blk.compress(page, store_size=False)  # type: ignore[no-any-return]
+
+
+def decompressor(codec: Codec, page_size: int) -> Decompressor:
+    """A function turning one stored page back into exactly ``page_size`` bytes, or CodecError."""
+    if codec is Codec.ZLIB:
+
+        def unzlib(data: bytes) -> bytes:
+            d = zlib.decompressobj()
+            try:
+                out = d.decompress(data, page_size)
+            except zlib.error as e:
+                raise CodecError(f"zlib: {e}") from None
+            if len(out) != page_size or d.unconsumed_tail or not d.eof:
+                raise CodecError("zlib stream does not decode to exactly one page")
+            return out
+
+        return unzlib
+    if codec is Codec.ZSTD:
+        zstd = _zstd()
+        dctx = zstd.ZstdDecompressor()
+
+        def unzstd(data: bytes) -> bytes:
+            try:
+                out = dctx.decompress(data, max_output_size=page_size)
+            except zstd.ZstdError as e:
+                raise CodecError(f"zstd: {e}") from None
+            if len(out) != page_size:
+                raise CodecError("zstd frame does not decode to exactly one page")
+            return out  # type: ignore[no-any-return]
+
+        return unzstd
+    blk = _lz4()
+
+    def unlz4(data: bytes) -> bytes:
+        try:
+            out = blk.decompress(data, uncompressed_size=page_size)
+        except Exception as e:  # lz4 raises LZ4BlockError, a plain Exception subclass
+            raise CodecError(f"lz4: {e}") from None
+        if len(out) != page_size:
+            raise CodecError("lz4 block does not decode to exactly one page")
+        return out  # type: ignore[no-any-return]
+
+    return unlz4

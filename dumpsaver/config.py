@@ -1,0 +1,192 @@
+"""Configuration as data: one table of settings, parsed into a frozen object.
+
+The table is the single source of the keys, their defaults, their parsers and
+their help text; etc/dumpsaver/dumpsaver.yaml shows every default, commented,
+and a test checks that it stays in step with this table.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dumpsaver.errors import ConfigError
+from dumpsaver.sizes import parse_size
+
+DEFAULT_PATH = Path("/etc/dumpsaver/dumpsaver.yaml")
+
+
+def _size(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("not a size")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+    if isinstance(v, str):
+        return parse_size(v, allow_zero=True)
+    raise ValueError("not a size (use e.g. 512M)")
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("not an integer")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return v
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(v)
+
+    return parse
+
+
+def _path(v: Any) -> Path:
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v:
+        raise ValueError("must be an absolute path")
+    return Path(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _regions(v: Any) -> tuple[tuple[int, int], ...]:
+    if not isinstance(v, list):
+        raise ValueError("must be a list of START:SIZE strings")
+    out = []
+    for item in v:
+        if not isinstance(item, str) or ":" not in item:
+            raise ValueError(f"{item!r} is not START:SIZE")
+        start, size = item.split(":", 1)
+        out.append((parse_size(start, allow_zero=True), parse_size(size)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+SETTINGS = (
+    Setting("dump_dir", "/var/dumps", _path, "Where saved dumps go, one directory per dump."),
+    Setting("format", "elf", _choice("elf", "kdump"),
+            "Output format: elf (an ELF core like /proc/vmcore) or kdump (makedumpfile's "
+            "kdump-compressed format, read by crash and drgn)."),
+    Setting("minfree", "64M", _size,
+            "Free space to leave on the dump file system; a dump that would cut into it is "
+            "not saved (it stays in memory for a later try)."),
+    Setting("keep_dumps", 5, _int(0, 100000),
+            "Keep at most this many saved dumps, deleting the oldest (0: no limit)."),
+    Setting("max_use", 0, _size,
+            "Keep the saved dumps under this many bytes, deleting the oldest (0: no limit)."),
+    Setting("restart", "reboot", _choice("reboot", "poweroff", "continue"),
+            "What to do after a dump was saved: reboot cleanly (the machine may be unstable "
+            "after a crash), power off, or continue the boot."),
+    Setting("max_attempts", 3, _int(1, 1000),
+            "After this many failed saves of the same dump, stop trying and say so."),
+    Setting("sysfs", "/sys/kernel/mcore", _path,
+            "The kernel's dump interface (docs/sysfs-abi.md)."),
+    Setting("use_memmap", True, _bool,
+            "Look for a dump in memmap=SIZE$ADDR reservations on the kernel command line."),
+    Setting("regions", [], _regions,
+            "More physical regions to look in, as \"START:SIZE\" strings, e.g. "
+            "\"0x30000000:16M\". They must show as Reserved in /proc/iomem."),
+    Setting("mem_device", "/dev/mem", _path, "The physical memory device."),
+    Setting("state_dir", "/var/lib/dumpsaver", _path,
+            "Where failed attempts are recorded (for status and the no-boot-loop rule)."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    dump_dir: Path
+    format: str
+    minfree: int
+    keep_dumps: int
+    max_use: int
+    restart: str
+    max_attempts: int
+    sysfs: Path
+    use_memmap: bool
+    regions: tuple[tuple[int, int], ...]
+    mem_device: Path
+    state_dir: Path
+    source: str = "built-in defaults"
+
+
+assert [s.key for s in SETTINGS] == [f.name for f in fields(Config)][:-1]
+
+
+def from_mapping(data: dict[str, Any], source: str) -> Config:
+    unknown = sorted(set(data) - {s.key for s in SETTINGS})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r}",
+            hint="known keys: " + ", ".join(s.key for s in SETTINGS),
+        )
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = data.get(s.key, s.default)
+        try:
+            values[s.key] = s.parse(raw)
+        except Exception as e:  # every parser error becomes one message naming the key
+            msg = getattr(e, "message", None) or str(e)
+            raise ConfigError(f"{source}: bad value for {s.key!r}: {msg}") from None
+    return Config(**values, source=source)
+
+
+def load(path: Path | None = None) -> Config:
+    """Load ``path`` (default /etc/dumpsaver/dumpsaver.yaml, or $DUMPSAVER_CONFIG)."""
+    explicit = path is not None or "DUMPSAVER_CONFIG" in os.environ
+    p = path or Path(os.environ.get("DUMPSAVER_CONFIG", DEFAULT_PATH))
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {p} does not exist") from None
+        return from_mapping({}, "built-in defaults")
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} is not valid YAML") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+    return from_mapping(data, str(p))
+
+
+def render_default_file() -> str:
+    """The shipped config file: every setting, its help and its default, commented out."""
+    out = [
+        "# dumpsaver configuration: every setting with its default, commented out.",
+        "# Uncomment and change what you need. See dumpsaver.yaml(5).",
+    ]
+    for s in SETTINGS:
+        out.append("")
+        out += textwrap.wrap(s.help, 78, initial_indent="# ", subsequent_indent="# ")
+        out.append("#" + yaml.safe_dump({s.key: s.default}, default_flow_style=False).rstrip())
+    return "\n".join(out) + "\n"

@@ -1,0 +1,212 @@
+"""The saver's decoder: open a dump in reserved memory, check it, stream its pages.
+
+Two passes over the directory, each with bounded memory:
+
+* ``scan()`` checks every entry and the CRC of every stored page and returns
+  the runs of good PFNs (the output writers lay out their files from them);
+* ``pages()`` walks the directory again and yields the decompressed pages of
+  those runs in ascending PFN order.
+
+A damaged page is counted and left out; it never stops the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import uuid
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from dumpsaver import format as fmt
+from dumpsaver.codecs import CodecError, decompressor
+from dumpsaver.errors import FormatError, OutsideAreaError
+from dumpsaver.physmem import LogicalStream, PhysMem
+
+WINDOW = 1 << 20
+
+
+class _Windows:
+    """Reads the logical stream in aligned 1 MiB windows, keeping a few (LRU).
+
+    Stored pages of one class lie in PFN order, so the PFN-ordered walk reads a
+    handful of interleaved sequential streams: a small cache serves them.
+    """
+
+    def __init__(self, stream: LogicalStream, keep: int = 16) -> None:
+        self.stream = stream
+        self.keep = keep
+        self.cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+
+    def read(self, offset: int, length: int) -> bytes:
+        first = offset // WINDOW
+        if (offset + length - 1) // WINDOW != first:
+            return self.stream.read(offset, length)
+        w = self.cache.get(first)
+        if w is None:
+            start = first * WINDOW
+            w = self.stream.read(start, min(WINDOW, self.stream.size - start))
+            self.cache[first] = w
+            if len(self.cache) > self.keep:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(first)
+        o = offset - first * WINDOW
+        return w[o : o + length]
+
+
+@dataclass
+class Scan:
+    """What pass one found.  ``runs`` holds (first_pfn, count) pairs, flattened."""
+
+    runs: array[int] = field(default_factory=lambda: array("Q"))
+    good: int = 0
+    zero: int = 0
+    stored_bytes: int = 0
+    damaged: collections.Counter[str] = field(default_factory=collections.Counter)
+    damaged_pfns: list[int] = field(default_factory=list)  # first few, for the report
+
+    @property
+    def nr_damaged(self) -> int:
+        return sum(self.damaged.values())
+
+    def add(self, pfn: int) -> None:
+        r = self.runs
+        if r and r[-2] + r[-1] == pfn:
+            r[-1] += 1
+        else:
+            r.append(pfn)
+            r.append(1)
+        self.good += 1
+
+    def iter_runs(self) -> Iterator[tuple[int, int]]:
+        r = self.runs
+        for i in range(0, len(r), 2):
+            yield r[i], r[i + 1]
+
+    def note_damage(self, what: str, pfn: int | None) -> None:
+        self.damaged[what] += 1
+        if pfn is not None and len(self.damaged_pfns) < 64:
+            self.damaged_pfns.append(pfn)
+
+
+class Dump:
+    """A dump found in memory.  Raises FormatError when the header cannot be trusted."""
+
+    def __init__(self, mem: PhysMem, header_paddr: int, *, force: bool = False) -> None:
+        self.mem = mem
+        self.header_paddr = header_paddr
+        fixed = mem.read(header_paddr, fmt.FIXED_SIZE)
+        size = fmt.peek_header_size(fixed)
+        block = fixed + mem.read(header_paddr + fmt.FIXED_SIZE, size - fmt.FIXED_SIZE)
+        self.header = h = fmt.decode_header(block, force=force)
+        if h.extents[0].paddr != header_paddr:
+            raise FormatError(
+                f"dump header at {header_paddr:#x} says its area starts at {h.extents[0].paddr:#x}"
+            )
+        for e in h.extents:  # never an instruction to read elsewhere
+            mem.check(e.paddr, e.length)
+        self.stream = LogicalStream(mem, [(e.paddr, e.length) for e in h.extents])
+        self._win = _Windows(self.stream)
+        self.meta_ok = True
+        self.meta = self._read_meta()
+
+    def _read_meta(self) -> fmt.MetaInfo:
+        h = self.header
+        blob = self.stream.read(h.meta_offset, h.meta_bytes)
+        if fmt.page_crc(blob) != h.meta_crc:
+            self.meta_ok = False
+            with contextlib.suppress(FormatError):
+                return fmt.decode_meta(blob)  # salvage, but say it is damaged
+            return fmt.MetaInfo()
+        return fmt.decode_meta(blob)
+
+    @property
+    def dump_id(self) -> uuid.UUID:
+        return self.header.dump_id
+
+    def _entries(self) -> Iterator[tuple[fmt.Entry | None, fmt.EntryProblem | None]]:
+        h = self.header
+        prev = -1
+        for chunk in fmt.iter_entries_raw(h, self.stream.read):
+            for off in range(0, len(chunk), fmt.ENTRY.size):
+                e, problem = fmt.check_entry(chunk, off, h, prev)
+                if e is not None and problem is not fmt.EntryProblem.ORDER:
+                    prev = e.pfn
+                yield e, problem
+
+    def _stored(self, e: fmt.Entry) -> bytes | None:
+        try:
+            data = self._win.read(e.offset, e.length)
+        except OutsideAreaError:
+            return None
+        return data if fmt.page_crc(data) == e.crc else None
+
+    def scan(self) -> Scan:
+        s = Scan()
+        for e, problem in self._entries():
+            pfn = e.pfn if e is not None else None
+            if problem is not None:
+                s.note_damage(problem.value, pfn)
+                continue
+            assert e is not None
+            if e.zero:
+                s.zero += 1
+                s.add(e.pfn)
+                continue
+            if self._stored(e) is None:
+                s.note_damage("page checksum mismatch", e.pfn)
+                continue
+            s.stored_bytes += e.length
+            s.add(e.pfn)
+        return s
+
+    def stored_pages(self, scan: Scan) -> Iterator[tuple[fmt.Entry, bytes | None]]:
+        """Yield (entry, stored bytes) for every PFN in ``scan.runs``, ascending.
+
+        The bytes are b"" for a zero page, and None when a page that passed pass
+        one fails its checksum now (memory changed under us): counted as damaged.
+        Writers that copy compressed pages unchanged use this directly.
+        """
+        want = scan.iter_runs()
+        run = next(want, None)
+        for e, problem in self._entries():
+            if run is None:
+                break
+            if e is None or problem is not None:
+                continue
+            while run is not None and e.pfn >= run[0] + run[1]:
+                run = next(want, None)
+            if run is None or e.pfn < run[0]:
+                continue
+            if e.zero:
+                yield e, b""
+                continue
+            data = self._stored(e)
+            if data is None:
+                scan.note_damage("page changed between passes", e.pfn)
+            yield e, data
+
+    def pages(self, scan: Scan) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (pfn, page) for every PFN in ``scan.runs``; page is None for a zero page.
+
+        A page that cannot be decompressed (or changed since pass one) is yielded
+        as zeros and counted in ``scan``: the layout was fixed by pass one.
+        """
+        h = self.header
+        decompress = decompressor(h.codec, h.page_size)
+        zero = bytes(h.page_size)
+        for e, data in self.stored_pages(scan):
+            if data is None:
+                yield e.pfn, zero
+            elif e.zero:
+                yield e.pfn, None
+            elif e.raw:
+                yield e.pfn, data
+            else:
+                try:
+                    yield e.pfn, decompress(data)
+                except CodecError:
+                    scan.note_damage("page does not decompress", e.pfn)
+                    yield e.pfn, zero

@@ -1,0 +1,180 @@
+"""Find the dump area: the sysfs shim over whatever this machine offers.
+
+In order of preference:
+
+(a) the kernel's mcore sysfs interface (docs/sysfs-abi.md): the header address,
+    the ranges reserved early in boot, and a ``release`` attribute;
+(b) ``memmap=SIZE$ADDR`` reservations on the kernel command line, each checked
+    against /proc/iomem (it must show as Reserved: never read System RAM or
+    device memory);
+(c) regions named in the configuration, checked the same way.
+
+For (b) and (c) the header sits at the start of a region; there is no release
+attribute, so releasing means invalidating the header in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dumpsaver.errors import DumpsaverError
+from dumpsaver.physmem import Range, merge_ranges
+from dumpsaver.sizes import parse_size
+
+MAX_SYSFS_RANGES = 65536
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A place a dump may be: reserved ``ranges``, the header at ``header``."""
+
+    method: str  # "sysfs", "memmap", "config"
+    source: str  # human description of where this came from
+    ranges: tuple[Range, ...]
+    header: int
+    release: Path | None = None  # sysfs release attribute
+
+    @property
+    def release_action(self) -> str:
+        if self.release is not None:
+            return f"writes 1 to {self.release}: the kernel frees the dump's pages"
+        return (
+            "overwrites the dump header's magic in memory (the reservation stays until a "
+            "boot without it)"
+        )
+
+
+def _read_attr(path: Path, limit: int = 1 << 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise DumpsaverError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise DumpsaverError(f"{path} is larger than {limit} bytes")
+    return data.decode("ascii", "replace")
+
+
+def _hex(text: str, what: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise DumpsaverError(f"bad {what}: {text[:40]!r}") from None
+
+
+def from_sysfs(root: Path) -> Candidate | None:
+    """Parse the sysfs tree; None when the kernel has no mcore interface or no dump."""
+    if not (root / "header").exists():
+        return None
+    version = _read_attr(root / "version").strip() if (root / "version").exists() else "1"
+    if version != "1":
+        raise DumpsaverError(f"{root}: unsupported interface version {version[:20]!r}")
+    header = _hex(_read_attr(root / "header").strip(), f"{root}/header")
+    ranges = []
+    for line in _read_attr(root / "ranges").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        a, sep, b = line.partition("-")
+        if not sep:
+            raise DumpsaverError(f"{root}/ranges: bad line {line[:60]!r}")
+        start, last = _hex(a, "range start"), _hex(b, "range end")
+        if last < start:
+            raise DumpsaverError(f"{root}/ranges: bad line {line[:60]!r}")
+        ranges.append(Range(start, last + 1))
+        if len(ranges) > MAX_SYSFS_RANGES:
+            raise DumpsaverError(f"{root}/ranges: too many ranges")
+    if not ranges:
+        return None
+    release = root / "release"
+    return Candidate(
+        "sysfs", str(root), tuple(merge_ranges(ranges)), header,
+        release if release.exists() else None,
+    )
+
+
+_MEMMAP = re.compile(r"^(?P<size>[0-9a-fx]+[kmg]?)\$(?P<addr>[0-9a-fx]+[kmg]?)$", re.I)
+
+
+def parse_memmap(cmdline: str) -> list[Range]:
+    """The ``memmap=SIZE$ADDR`` (reserve) entries of a kernel command line."""
+    out = []
+    for word in cmdline.split():
+        if not word.startswith("memmap="):
+            continue
+        for item in word[len("memmap=") :].split(","):
+            m = _MEMMAP.match(item)
+            if not m:
+                continue  # other memmap forms (@, #, !, exactmap) are not reservations
+            try:
+                size, addr = parse_size(m["size"]), parse_size(m["addr"], allow_zero=True)
+            except DumpsaverError:
+                continue
+            if size > 0:
+                out.append(Range(addr, addr + size))
+    return out
+
+
+def parse_iomem(text: str) -> list[tuple[Range, str]]:
+    """Top-level and nested /proc/iomem entries as (range, name)."""
+    out = []
+    for line in text.splitlines():
+        span, sep, name = line.strip().partition(" : ")
+        a, dash, b = span.partition("-")
+        if not sep or not dash:
+            continue
+        try:
+            start, last = int(a, 16), int(b, 16)
+        except ValueError:
+            continue
+        if last >= start:
+            out.append((Range(start, last + 1), name.strip()))
+    return out
+
+
+def check_reserved(want: Range, iomem: list[tuple[Range, str]], iomem_path: Path) -> None:
+    if iomem and all(r.start == 0 and r.end == 1 for r, _ in iomem):
+        raise DumpsaverError(
+            f"{iomem_path} shows no addresses (not root?)", hint="run dumpsaver as root"
+        )
+    for r, name in iomem:
+        if name == "Reserved" and r.contains(want.start, want.size):
+            return
+    raise DumpsaverError(
+        f"region {want} is not marked Reserved in {iomem_path}: refusing to read it",
+        hint="reserve it with memmap=SIZE$ADDR on the kernel command line",
+    )
+
+
+def candidates(
+    *,
+    sysfs: Path,
+    cmdline: Path | None,
+    iomem: Path,
+    use_memmap: bool,
+    regions: Iterable[tuple[int, int]] = (),
+) -> list[Candidate]:
+    """Every place a dump may be, best first (see the module docstring)."""
+    found: list[Candidate] = []
+    c = from_sysfs(sysfs)
+    if c is not None:
+        found.append(c)
+    want: list[tuple[str, str, Range]] = []
+    if use_memmap and cmdline is not None:
+        try:
+            text = _read_attr(cmdline)
+        except DumpsaverError:
+            text = ""
+        for r in parse_memmap(text):
+            want.append(("memmap", f"memmap= on the kernel command line ({cmdline})", r))
+    for start, size in regions:
+        want.append(("config", "regions in the configuration", Range(start, start + size)))
+    if want:
+        io = parse_iomem(_read_attr(iomem)) if iomem.exists() else []
+        for method, source, r in want:
+            check_reserved(r, io, iomem)
+            found.append(Candidate(method, f"{r} from {source}", (r,), r.start))
+    return found

@@ -1,0 +1,289 @@
+"""Build (and cache) the Debian bookworm guest the end-to-end test boots.
+
+Three layers, cheapest last:
+
+1. ``rootfs``: ``mmdebstrap --variant=minbase`` with systemd, Debian's kernel, a small
+   initramfs and dumpsaver's runtime dependencies.  Cached under ``cache_dir`` keyed on a
+   hash of everything that goes into it (package list, hooks, this file's build recipe).
+   The kernel and initrd are copied out next to it.  This is the slow part (~1 min).
+2. ``session image``: a copy of the cached rootfs with dumpsaver installed *from the .deb*
+   (``dpkg -i`` in a chroot, so the maintainer scripts run and enable the unit) plus the
+   e2e runner, turned into an ext4 image with ``mkfs.ext4 -d`` (no loop mount).  Rebuilt
+   for every test session, so a new .deb costs seconds, not a re-bootstrap.
+3. ``scenario image``: a sparse copy of the session image with the scenario script written
+   in by ``debugfs -w``.
+
+Usable from pytest (see conftest.py) or by hand::
+
+    python3 tests/e2e/image.py --deb dist/dumpsaver_0.1.0_all.deb --out /tmp/guest
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GUEST_FILES = HERE / "guest"
+
+SUITE = "bookworm"
+MIRRORS = [
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+]
+# dumpsaver's Depends/Recommends must all be here: the .deb is installed offline.
+PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "procps",
+    "e2fsprogs",
+    "linux-image-amd64",
+    "initramfs-tools",
+    "python3",
+    "python3-yaml",
+    "python3-psutil",
+    "python3-systemd",
+    "python3-pystemd",
+    "python3-zstandard",
+    "python3-lz4",
+]
+INITRAMFS_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c"]
+
+# Runs after the essential set, before linux-image-amd64 is installed: the initramfs is
+# built once, small, with only what a virtio ext4 root needs.
+ESSENTIAL_HOOK = (
+    'mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" && '
+    'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/e2e" && '
+    'echo COMPRESS=zstd >> "$1/etc/initramfs-tools/conf.d/e2e" && '
+    f'printf "%s\\n" {" ".join(INITRAMFS_MODULES)} '
+    '> "$1/usr/share/initramfs-tools/modules.d/e2e"'
+)
+CUSTOMIZE_HOOK = r"""
+set -e
+root="$1"
+echo dumpsaver-e2e > "$root/etc/hostname"
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' > "$root/etc/fstab"
+chroot "$root" passwd -d root
+mkdir -p "$root/var/log/journal"
+# Timers and jobs that only add noise to a 30 s boot under TCG.
+for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+         fstrim.timer systemd-tmpfiles-clean.timer getty@tty1.service; do
+    chroot "$root" systemctl mask "$u" >/dev/null 2>&1 || true
+done
+# Nothing in the guest needs kernel modules after the initramfs: drop them (~300 MB).
+rm -rf "$root"/usr/lib/modules/*/kernel
+rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
+       "$root"/usr/share/info/* "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
+"""
+# Bump when the recipe changes in a way the hash of the strings above cannot see.
+RECIPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class BaseRootfs:
+    rootfs: Path
+    kernel: Path
+    initrd: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    image: Path
+    kernel: Path
+    initrd: Path
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("DUMPSAVER_E2E_CACHE")
+    if env:
+        return Path(env)
+    return Path("/var/cache/dumpsaver-e2e")
+
+
+def recipe_key() -> str:
+    h = hashlib.sha256()
+    for part in (RECIPE_VERSION, SUITE, *MIRRORS, *PACKAGES, ESSENTIAL_HOOK, CUSTOMIZE_HOOK):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(f"[e2e-image] {msg}", file=sys.stderr, flush=True)
+
+
+def build_rootfs(cache_dir: Path, *, force: bool = False) -> BaseRootfs:
+    """Return the cached base rootfs, building it with mmdebstrap when missing."""
+    key = recipe_key()
+    final = cache_dir / f"rootfs-{key}"
+    kernel = cache_dir / f"vmlinuz-{key}"
+    initrd = cache_dir / f"initrd-{key}"
+    stamp = cache_dir / f"rootfs-{key}.done"
+    if stamp.exists() and not force:
+        return BaseRootfs(final, kernel, initrd, key)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"rootfs-{key}.tmp"
+    for p in (tmp, final):
+        if p.exists():
+            shutil.rmtree(p)
+    t0 = time.monotonic()
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        "--include=" + ",".join(PACKAGES),
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--essential-hook=" + ESSENTIAL_HOOK,
+        "--customize-hook=" + CUSTOMIZE_HOOK,
+        SUITE,
+        str(tmp),
+        *MIRRORS,
+    ]
+    _log("building base rootfs: " + " ".join(cmd[:6]) + " ...")
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    boot = tmp / "boot"
+    vmlinuz = sorted(boot.glob("vmlinuz-*"))
+    initrds = sorted(boot.glob("initrd.img-*"))
+    if len(vmlinuz) != 1 or len(initrds) != 1:
+        raise RuntimeError(f"expected one kernel and one initrd in {boot}: {vmlinuz} {initrds}")
+    shutil.copyfile(vmlinuz[0], kernel)
+    shutil.copyfile(initrds[0], initrd)
+    tmp.rename(final)
+    stamp.write_text(json.dumps({"seconds": round(time.monotonic() - t0, 1), "key": key}))
+    _log(f"base rootfs built in {time.monotonic() - t0:.1f} s -> {final}")
+    return BaseRootfs(final, kernel, initrd, key)
+
+
+def build_session_image(
+    base: BaseRootfs,
+    deb: Path,
+    out_dir: Path,
+    *,
+    size: str = "1536M",
+) -> GuestImage:
+    """Copy the base rootfs, install the .deb and the e2e runner, make an ext4 image."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix="rootfs.") as td:
+        root = Path(td) / "root"
+        subprocess.run(["cp", "-a", "--reflink=auto", str(base.rootfs), str(root)], check=True)
+        shutil.copyfile(deb, root / "tmp" / deb.name)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+        env.pop("PYTHONPATH", None)
+        subprocess.run(
+            ["chroot", str(root), "dpkg", "-i", f"/tmp/{deb.name}"],
+            check=True,
+            env=env,
+            stdout=sys.stderr,
+        )
+        (root / "tmp" / deb.name).unlink()
+        install_runner(root)
+        image = out_dir / "base.img"
+        if image.exists():
+            image.unlink()
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(image), size],
+            check=True,
+        )
+    _log(f"session image built in {time.monotonic() - t0:.1f} s -> {image}")
+    return GuestImage(image, base.kernel, base.initrd)
+
+
+def install_runner(root: Path) -> None:
+    """The runner unit: after multi-user.target, run /e2e/scenario.sh (put in by debugfs)."""
+    sbin = root / "usr/local/sbin"
+    sbin.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(GUEST_FILES / "e2e-runner", sbin / "e2e-runner")
+    (sbin / "e2e-runner").chmod(0o755)
+    unit_dir = root / "etc/systemd/system"
+    shutil.copyfile(GUEST_FILES / "e2e-runner.service", unit_dir / "e2e-runner.service")
+    wants = unit_dir / "multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    link = wants / "e2e-runner.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/e2e-runner.service")
+    (root / "e2e").mkdir(exist_ok=True)
+
+
+def scenario_image(session: GuestImage, dest: Path, files: dict[str, str | bytes]) -> GuestImage:
+    """Sparse-copy the session image and write ``files`` (absolute guest paths) into it."""
+    subprocess.run(["cp", "--sparse=always", str(session.image), str(dest)], check=True)
+    with tempfile.TemporaryDirectory() as td:
+        cmds = []
+        for i, (guest_path, content) in enumerate(files.items()):
+            local = Path(td) / f"f{i}"
+            local.write_bytes(content.encode() if isinstance(content, str) else content)
+            local.chmod(0o755)
+            parent, name = guest_path.rsplit("/", 1)
+            cmds += [f"cd {parent or '/'}", f"rm {name}", f"write {local} {name}"]
+        script = Path(td) / "cmds"
+        script.write_text("\n".join(cmds) + "\n")
+        debugfs(dest, "-w", "-f", str(script))
+    return GuestImage(dest, session.kernel, session.initrd)
+
+
+def debugfs(image: Path, *args: str) -> bytes:
+    r = subprocess.run(["debugfs", *args, str(image)], capture_output=True, check=True)
+    return r.stdout
+
+
+def read_file(image: Path, path: str) -> bytes | None:
+    """A file's content from the image, None when it does not exist."""
+    r = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=False
+    )
+    if b"File not found" in r.stderr:
+        return None
+    return r.stdout
+
+
+def rdump(image: Path, path: str, dest: Path) -> Path | None:
+    """Copy a directory tree out of the image into ``dest``; return dest/basename."""
+    dest.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["debugfs", "-R", f"rdump {path} {dest}", str(image)], capture_output=True, check=False
+    )
+    out = dest / path.rstrip("/").rsplit("/", 1)[-1]
+    if not out.exists():
+        sys.stderr.write(r.stderr.decode(errors="replace"))
+        return None
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=default_cache_dir())
+    ap.add_argument("--deb", type=Path, help="dumpsaver .deb to install (else: base rootfs only)")
+    ap.add_argument("--out", type=Path, help="where to put base.img (with --deb)")
+    ap.add_argument("--force", action="store_true", help="rebuild the base rootfs")
+    ap.add_argument("--print-key", action="store_true")
+    a = ap.parse_args()
+    if a.print_key:
+        print(recipe_key())
+        return 0
+    base = build_rootfs(a.cache, force=a.force)
+    print(base)
+    if a.deb:
+        print(build_session_image(base, a.deb, a.out or Path.cwd()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
