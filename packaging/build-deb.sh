@@ -9,6 +9,10 @@
 # the last line of stdout.  Set LINTIAN=1 to run lintian on the result.
 set -eu
 
+# A system build: never the pyenv/venv python that may be first on PATH.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+unset PYTHONPATH VIRTUAL_ENV
+
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
 out=${1:-$src/dist}
@@ -28,7 +32,7 @@ tar -C "$src" \
     -cf - . | tar -C "$tree" -xf -
 cp -a "$src/packaging/debian" "$tree/debian"
 
-for f in etc/dumpsaver/dumpsaver.yaml docs/man/dumpsaver.8 docs/man/dumpsaver.yaml.5 \
+for f in etc/dumpsaver/dumpsaver.yaml units/tmpfiles.d/dumpsaver.conf docs/man/dumpsaver.8 docs/man/dumpsaver.yaml.5 \
          units/dumpsaver.service units/dumpsaver.catalog; do
     [ -e "$tree/$f" ] || { echo "build-deb.sh: missing $f" >&2; exit 1; }
 done
