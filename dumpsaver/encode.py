@@ -115,6 +115,7 @@ def encode_dump(
     dropped = (selected - seen) if selected is not None else 0
     header = replace(
         header,
+        extents=_used_extents(header.extents, dir_off + len(entries) * fmt.ENTRY.size, page_size),
         flags=fmt.HeaderFlag.TRUNCATED if truncated else fmt.HeaderFlag(0),
         nr_entries=len(entries),
         nr_zero=nr_zero,
@@ -129,3 +130,18 @@ def encode_dump(
     # The header goes last: a dump is only valid once everything it describes is written.
     stream.write(0, header.encode())
     return header
+
+
+def _used_extents(
+    extents: tuple[fmt.Extent, ...], used: int, page_size: int
+) -> tuple[fmt.Extent, ...]:
+    """The extents (the last one cut to whole pages) that hold the first ``used`` bytes:
+    exactly what the next boot must keep reserved, and nothing more."""
+    out = []
+    for e in extents:
+        if used <= 0:
+            break
+        n = min(e.length, -(-used // page_size) * page_size)
+        out.append(fmt.Extent(e.paddr, n))
+        used -= n
+    return tuple(out)

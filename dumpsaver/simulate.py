@@ -298,13 +298,7 @@ def crash(
         selected=selected,
     )
     saved = sorted(e.pfn for e in _read_directory(target, header))
-    used = header.dir_offset + header.dir_bytes
-    area: list[tuple[int, int]] = []
-    for paddr, length in extents:  # only the extents that hold dump bytes are reserved
-        if used <= 0:
-            break
-        area.append((paddr, paddr + length))
-        used -= length
+    area = [(e.paddr, e.paddr + e.length) for e in header.extents]
     return Crash(header, _runs(saved), area, selected)
 
 

@@ -9,8 +9,10 @@ _MULT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def parse_size(text: str, *, allow_zero: bool = False) -> int:
     """'512M', '4G', '65536', '0x30000000', '16MiB' -> bytes."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = _MULT.get(t[-1:], 1) if not t.startswith("0X") else 1
+    t = text.strip().upper()
+    if not t.startswith("0X"):  # hex has no unit suffix (B is a digit there)
+        t = t.removesuffix("IB").removesuffix("B")
+    mult = 1 if t.startswith("0X") else _MULT.get(t[-1:], 1)
     num = t[:-1] if mult != 1 else t
     try:
         value = int(num, 0) * mult

@@ -1,0 +1,58 @@
+"""Failed attempts, remembered across boots so that a failing save never loops.
+
+state_dir/attempts.json: {"dump_id": ..., "count": n, "reason": ..., "time": ...}
+for the dump in memory that could not be saved.  Cleared once a dump is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FILE = "attempts.json"
+
+
+def load(state_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((state_dir / FILE).read_bytes()[: 1 << 20])
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def attempts_for(state_dir: Path, dump_id: str) -> int:
+    s = load(state_dir)
+    count = s.get("count", 0)
+    return count if s.get("dump_id") == dump_id and isinstance(count, int) else 0
+
+
+def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
+    """Count one more failed attempt for ``dump_id``; return the new count.  Durable."""
+    count = attempts_for(state_dir, dump_id) + 1
+    data = {"dump_id": dump_id, "count": count, "reason": reason,
+            "time": datetime.now(UTC).isoformat()}  # fmt: skip
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = state_dir / (FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, state_dir / FILE)
+        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # a read-only /var must not turn a failed save into a crash
+    return count
+
+
+def clear(state_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        (state_dir / FILE).unlink()

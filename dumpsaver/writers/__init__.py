@@ -1,0 +1,47 @@
+"""Output formats, a family of interchangeable writers.
+
+A writer takes an open Dump and the result of its scan (pass one) and streams
+the dump into an open file descriptor with bounded memory.  ``estimate`` says
+how many bytes the file will occupy, for the free-space check before writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from dumpsaver.decode import Dump, Scan
+
+Progress = Callable[[int, int], None]  # (pages done, pages total)
+
+
+@dataclass
+class Written:
+    size: int  # apparent file size
+    pages: int  # pages written (zero pages included)
+
+
+class Writer(Protocol):
+    name: str
+    filename: str
+
+    def estimate(self, dump: Dump, scan: Scan) -> int: ...
+
+    def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written: ...
+
+
+def get(name: str) -> Writer:
+    from dumpsaver.errors import ConfigError
+
+    if name == "elf":
+        from dumpsaver.writers.elf import ElfWriter
+
+        return ElfWriter()
+    if name == "kdump":
+        try:
+            from dumpsaver.writers.kdump import KdumpWriter  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("the kdump-compressed writer is not available in this build") from None
+        return KdumpWriter()  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown output format {name!r}", hint="use elf or kdump")

@@ -1,0 +1,123 @@
+"""ELF64 core output, laid out as /proc/vmcore is.
+
+    ELF header | program headers | notes | page-aligned segment data
+
+The first program header is PT_NOTE (an NT_PRSTATUS note per CPU, then
+VMCOREINFO).  Each run of saved PFNs becomes one PT_LOAD with p_paddr set; pages
+that were left out (not selected, or damaged) lie between segments, so readers
+see them as absent rather than as zeros.  Zero pages inside a run are written
+as file holes: the file is sparse.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dumpsaver import elfnote as E
+from dumpsaver.decode import Dump, Scan
+from dumpsaver.writers import Progress, Written
+
+DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR
+FLUSH = 4 << 20
+EF_INCOMPLETE = 0x1  # makedumpfile's mark of a partial ELF dump
+
+
+def _layout(dump: Dump, scan: Scan) -> tuple[int, int, bytes]:
+    """Return (number of program headers, offset of the first page, notes blob)."""
+    m = dump.meta
+    notes = E.crash_notes(m.prstatus, m.vmcoreinfo)
+    phnum = 1 + len(scan.runs) // 2
+    ps = dump.header.page_size
+    notes_off = E.EHDR.size + phnum * E.PHDR.size
+    extra = E.SHDR.size if phnum >= E.PN_XNUM else 0
+    data_off = -(-(notes_off + len(notes) + extra) // ps) * ps
+    return phnum, data_off, notes
+
+
+class ElfWriter:
+    name = "elf"
+    filename = "vmcore"
+
+    def estimate(self, dump: Dump, scan: Scan) -> int:
+        _phnum, data_off, _notes = _layout(dump, scan)
+        return data_off + (scan.good - scan.zero) * dump.header.page_size
+
+    def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written:
+        h = dump.header
+        ps = h.page_size
+        phnum, data_off, notes = _layout(dump, scan)
+        notes_off = E.EHDR.size + phnum * E.PHDR.size
+        machine = dump.meta.machine or E.EM.X86_64
+        direct = DIRECT_MAP if machine == E.EM.X86_64 else 0
+
+        phdrs = [E.PHDR.pack(E.PT.NOTE, 0, notes_off, 0, 0, len(notes), len(notes), 0)]
+        seg_off: dict[int, int] = {}
+        off = data_off
+        for first, count in scan.iter_runs():
+            paddr = first * ps
+            size = count * ps
+            phdrs.append(
+                E.PHDR.pack(E.PT.LOAD, E.PF.R | E.PF.W | E.PF.X, off, direct + paddr if direct
+                            else 0, paddr, size, size, 0)  # fmt: skip
+            )
+            seg_off[first] = off
+            off += size
+        total = off
+        if phnum >= E.PN_XNUM:  # the real count lives in section header 0's sh_info
+            e_phnum, shoff, shnum = E.PN_XNUM, notes_off + len(notes), 1
+            shdr0 = E.SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
+        else:
+            e_phnum, shoff, shnum, shdr0 = phnum, 0, 0, b""
+        ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+        flags = EF_INCOMPLETE if (h.truncated or scan.nr_damaged) else 0
+        ehdr = E.EHDR.pack(ident, E.ET.CORE, machine, 1, 0, E.EHDR.size, shoff, flags,
+                           E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)  # fmt: skip
+        head = ehdr + b"".join(phdrs) + notes + shdr0
+        os.ftruncate(fd, total)
+        _pwrite_all(fd, head, 0)
+
+        # Pass two: pages arrive in ascending PFN order, so file writes are sequential.
+        buf = bytearray()
+        buf_at = data_off
+        runs = scan.iter_runs()
+        run_first, run_count = next(runs, (0, 0))
+        base = seg_off.get(run_first, data_off)
+        done = 0
+        total_pages = scan.good
+        for pfn, page in dump.pages(scan):
+            while pfn >= run_first + run_count:
+                run_first, run_count = next(runs)
+                base = seg_off[run_first]
+            at = base + (pfn - run_first) * ps
+            if page is None:  # zero page: leave a hole
+                if buf:
+                    _pwrite_all(fd, buf, buf_at)
+                    buf = bytearray()
+                buf_at = at + ps
+            else:
+                if at != buf_at + len(buf):
+                    if buf:
+                        _pwrite_all(fd, buf, buf_at)
+                        buf = bytearray()
+                    buf_at = at
+                buf += page
+                if len(buf) >= FLUSH:
+                    _pwrite_all(fd, buf, buf_at)
+                    buf_at += len(buf)
+                    buf = bytearray()
+            done += 1
+            if progress is not None and done % 4096 == 0:
+                progress(done, total_pages)
+        if buf:
+            _pwrite_all(fd, buf, buf_at)
+        if progress is not None:
+            progress(done, total_pages)
+        return Written(total, done)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
