@@ -351,6 +351,7 @@ def simulate(
     panic: str = "sysrq triggered crash",
     target_mem: str | None = None,
     target_region: tuple[int, int] | None = None,
+    crash_time_ns: int | None = None,
 ) -> dict[str, object]:
     """Crash a simulated machine; write the files described in the module docstring."""
     if profile not in PROFILES:
@@ -366,7 +367,8 @@ def simulate(
         start, size = target_region
         extents = [(start, size)]
         with PhysMem(target_mem, [Range(start, start + size)], writable=True) as mem:
-            c = crash(m, mem, extents, codec=codec, excluded=excluded, panic=panic)
+            c = crash(m, mem, extents, codec=codec, excluded=excluded, panic=panic,
+                      crash_time_ns=crash_time_ns)
     else:
         mem_path = into / "mem"
         write_image(mem_path, m, fill_excluded=fill)
@@ -375,7 +377,8 @@ def simulate(
         extents = destination_extents(m, excluded, lo, gap)
         ranges = [Range(p, p + n) for p, n in extents]
         with PhysMem(str(mem_path), ranges, writable=True) as mem:
-            c = crash(m, mem, extents, codec=codec, excluded=excluded, panic=panic)
+            c = crash(m, mem, extents, codec=codec, excluded=excluded, panic=panic,
+                      crash_time_ns=crash_time_ns)
         write_sysfs(into / "sys", c.area[0][0], c.area)
     manifest: dict[str, object] = {
         "page_size": m.page_size,

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install what dumpsaver, its tests and its benchmarks need on Debian 12, as root:
+# Debian packages (build deps of pystemd/systemd-python, the dump readers, QEMU for
+# the end-to-end test, packaging tools) and a virtualenv in .venv with the package.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # build pystemd and systemd-python from PyPI; the venv itself
+  python3 python3-venv python3-dev gcc pkg-config libsystemd-dev
+  # the real tools that read dumps
+  binutils makedumpfile crash
+  # real systemd in a container; a real kernel in QEMU (tests/e2e)
+  systemd-container qemu-system-x86 mmdebstrap e2fsprogs
+  # packaging (the e2e installs dumpsaver from its .deb)
+  dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+  lintian rpm
+  # Debian's own runtime dependencies (what the .deb uses)
+  python3-systemd python3-pystemd python3-psutil python3-yaml python3-zstandard python3-lz4
+  # failing disks for the reliability tests
+  dmsetup fuse3 util-linux
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.dumpsaver-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing Python packages into .venv" >&2
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test,systemd,codecs]' atheris
+  touch "$stamp"
+fi
