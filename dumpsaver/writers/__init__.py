@@ -40,8 +40,8 @@ def get(name: str) -> Writer:
         return ElfWriter()
     if name == "kdump":
         try:
-            from dumpsaver.writers.kdump import KdumpWriter  # type: ignore[import-not-found]
+            from dumpsaver.writers.kdump import KdumpWriter
         except ImportError:
-            raise ConfigError("the kdump-compressed writer is not available in this build") from None
-        return KdumpWriter()  # type: ignore[no-any-return]
+            raise ConfigError("the kdump-compressed writer is not in this build") from None
+        return KdumpWriter()
     raise ConfigError(f"unknown output format {name!r}", hint="use elf or kdump")

@@ -1,0 +1,379 @@
+"""kdump-compressed output: makedumpfile's "diskdump" format, which crash reads natively.
+
+    block 0                 disk_dump_header (464 bytes)
+    blocks 1..sub_hdr_size  kdump_sub_header (104 bytes), then the ELF notes blob
+                            (NT_PRSTATUS per CPU, VMCOREINFO)
+    bitmap_blocks           1st bitmap: the page exists (every pfn < mem_pages);
+                            2nd bitmap: the page is dumped (the scan's runs)
+    page_desc array         one 24-byte entry per dumped page, ascending pfn
+    page data               packed: first one shared zero page, then each page
+
+Block size = page size.  Layout facts: ../shared/reference/formats.md; field by
+field in docs/interop.md.
+
+The point of the format here: the panic side compressed every page on its own,
+as a zlib stream or a zstd frame, exactly what makedumpfile stores per page.  So
+for those codecs the saver copies the stored bytes from memory into the file
+without decompressing or recompressing anything.  lz4 has no kdump flag: those
+pages are decompressed and recompressed with zlib at level 1 (see
+docs/performance.md for why not raw).
+
+One pass over the pages (pass two of the decoder), with bounded memory: the
+page_desc array and the page data are two sequential streams in two regions of
+the file, written through two buffers.  The data offset of each page depends
+only on the lengths of the pages before it, so both are known as the pages
+arrive.  The layout (bitmaps, number of descriptors) is fixed by pass one; a
+page that turns bad in pass two is pointed at the shared zero page and the dump
+is marked INCOMPLETE.  The header goes last, once that is known.
+
+Everything is written through a ``Sink``: ``pwrite`` on a file, or records of
+the flattened format (dumpsaver.writers.flat) on a pipe.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from dumpsaver import elfnote as E
+from dumpsaver import format as fmt
+from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor
+from dumpsaver.decode import Dump, Scan
+from dumpsaver.writers import Progress, Written
+
+SIGNATURE = b"KDUMP   "
+HEADER_VERSION = 6
+
+#: struct disk_dump_header (x86_64 layout): signature, header_version, utsname (6 x 65),
+#: pad to 8, timestamp (timeval), status, block_size, sub_hdr_size, bitmap_blocks,
+#: max_mapnr, total_ram_blocks, device_blocks, written_blocks, current_cpu, nr_cpus.
+DISK_DUMP_HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")
+#: struct kdump_sub_header: phys_base, dump_level, split, start_pfn, end_pfn,
+#: offset_vmcoreinfo, size_vmcoreinfo, offset_note, size_note, offset_eraseinfo,
+#: size_eraseinfo, start_pfn_64, end_pfn_64, max_mapnr_64.
+KDUMP_SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")
+#: struct page_desc: offset of the data, its size, compression flags, page flags.
+PAGE_DESC = struct.Struct("<qIIQ")
+assert (DISK_DUMP_HEADER.size, KDUMP_SUB_HEADER.size, PAGE_DESC.size) == (464, 104, 24)
+TIMESTAMP_OFFSET = 408
+STATUS_OFFSET = 424
+
+
+class DH(enum.IntFlag):
+    """Flags of page_desc.flags and disk_dump_header.status (makedumpfile's diskdump_mod.h)."""
+
+    COMPRESSED_ZLIB = 0x1
+    COMPRESSED_LZO = 0x2
+    COMPRESSED_SNAPPY = 0x4
+    COMPRESSED_INCOMPLETE = 0x8  # header only: some pages could not be written
+    EXCLUDED_VMEMMAP = 0x10
+    COMPRESSED_ZSTD = 0x20
+
+
+class DumpLevel(enum.IntFlag):
+    """makedumpfile -d bits: which kinds of pages were left out."""
+
+    ZERO = 1
+    CACHE = 2
+    CACHE_PRIVATE = 4
+    USER = 8
+    FREE = 16
+
+
+#: Our page classes in makedumpfile's terms (shared user mappings are page cache or shmem).
+CLASS_LEVEL = {
+    fmt.PageClass.FILE_CACHE: DumpLevel.CACHE | DumpLevel.CACHE_PRIVATE,
+    fmt.PageClass.USER_SHARED: DumpLevel.CACHE,
+    fmt.PageClass.USER_ANON: DumpLevel.USER,
+    fmt.PageClass.FREE: DumpLevel.FREE,
+}
+
+#: Codecs whose stored pages are copied unchanged, and the flag saying how to read them.
+PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
+#: zlib level for the pages that must be recompressed (lz4 dumps).
+RECOMPRESS_LEVEL = 1
+
+DESC_FLUSH = 1 << 20
+DATA_FLUSH = 4 << 20
+BITMAP_CHUNK = 1 << 20
+MACHINES: dict[int, str] = {E.EM.X86_64: "x86_64", E.EM.AARCH64: "aarch64"}
+
+
+class Sink(Protocol):
+    """Where the file goes: ``write_at`` may be called at any offset, in any order."""
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class FileSink:
+    """A regular file: pwrite at the offset."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+
+class _Stream:
+    """A sequential region of the file written through a buffer (page_desc or data)."""
+
+    def __init__(self, sink: Sink, offset: int, flush: int) -> None:
+        self.sink = sink
+        self.at = offset  # file offset of buf[0]
+        self.buf = bytearray()
+        self.limit = flush
+
+    @property
+    def pos(self) -> int:
+        return self.at + len(self.buf)
+
+    def add(self, data: bytes | bytearray) -> None:
+        self.buf += data
+        if len(self.buf) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.sink.write_at(self.at, self.buf)
+            self.at += len(self.buf)
+            self.buf = bytearray()
+
+
+# -- layout -------------------------------------------------------------------------
+
+
+class Layout:
+    """Where everything goes, decided from the header and pass one only."""
+
+    def __init__(self, dump: Dump, scan: Scan) -> None:
+        h, m = dump.header, dump.meta
+        self.block = bs = h.page_size
+        self.mem_pages = h.mem_pages
+        self.notes = E.crash_notes(m.prstatus, m.vmcoreinfo)
+        self.note_off = bs + KDUMP_SUB_HEADER.size
+        self.vmcoreinfo_size = len(m.vmcoreinfo.encode()) if m.vmcoreinfo else 0
+        # The VMCOREINFO note comes last: its descriptor follows its 12-byte header and
+        # the 4-byte aligned name "VMCOREINFO\0".
+        prefix = len(E.crash_notes(m.prstatus, ""))
+        self.vmcoreinfo_off = self.note_off + prefix + E.NHDR.size + 12 if m.vmcoreinfo else 0
+        self.sub_hdr_blocks = _ceil(KDUMP_SUB_HEADER.size + len(self.notes), bs)
+        self.bitmap_bytes = _ceil(_ceil(h.mem_pages, 8), bs) * bs  # each of the two
+        self.bitmap_off = (1 + self.sub_hdr_blocks) * bs
+        self.bitmap_blocks = 2 * self.bitmap_bytes // bs
+        self.desc_off = self.bitmap_off + 2 * self.bitmap_bytes
+        self.nr_desc = scan.good
+        self.data_off = self.desc_off + self.nr_desc * PAGE_DESC.size
+        self.zero_off = self.data_off  # the shared zero page comes first
+        self.pages_off = self.data_off + bs
+        recompress = h.codec not in PASSTHROUGH
+        stored = (scan.good - scan.zero) * bs if recompress else scan.stored_bytes
+        self.max_size = self.pages_off + stored  # pass two can only shrink it
+
+
+def _ceil(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def dump_level(excluded: frozenset[fmt.PageClass]) -> int:
+    level = DumpLevel(0)
+    for c in excluded:
+        level |= CLASS_LEVEL.get(c, DumpLevel(0))
+    return int(level)
+
+
+def phys_base(vmcoreinfo: str) -> int:
+    """NUMBER(phys_base) from VMCOREINFO (the kernel prints it in decimal), else 0."""
+    for line in vmcoreinfo.splitlines():
+        key, _, value = line.partition("=")
+        if key == "NUMBER(phys_base)":
+            try:
+                return int(value, 0) & 0xFFFFFFFFFFFFFFFF
+            except ValueError:
+                try:
+                    return int(value, 16)
+                except ValueError:
+                    return 0
+    return 0
+
+
+def utsname(dump: Dump) -> bytes:
+    uts = dict(dump.meta.uts)
+    uts.setdefault("sysname", "Linux")
+    if not uts.get("machine"):
+        uts["machine"] = MACHINES.get(dump.meta.machine, "")
+    return b"".join(
+        uts.get(k, "").encode("utf-8", "replace")[: fmt.UTS_LEN - 1].ljust(fmt.UTS_LEN, b"\0")
+        for k in fmt.UTS_FIELDS
+    )
+
+
+def headers(dump: Dump, lay: Layout, status: int) -> tuple[bytes, bytes]:
+    """(disk_dump_header block, sub header + notes), ready to write at 0 and at block 1."""
+    h, m = dump.header, dump.meta
+    sec, ns = divmod(h.crash_time_ns, 1_000_000_000)
+    dh = DISK_DUMP_HEADER.pack(
+        SIGNATURE, HEADER_VERSION, utsname(dump), sec, ns // 1000, status, lay.block,
+        lay.sub_hdr_blocks, lay.bitmap_blocks, min(h.mem_pages, 0xFFFFFFFF), 0, 0, 0, 0,
+        max(1, len(m.prstatus)),
+    )
+    sub = KDUMP_SUB_HEADER.pack(
+        phys_base(m.vmcoreinfo), dump_level(h.excluded), 0, 0, 0,
+        lay.vmcoreinfo_off, lay.vmcoreinfo_size, lay.note_off, len(lay.notes), 0, 0,
+        0, 0, h.mem_pages,
+    )
+    return dh.ljust(lay.block, b"\0"), sub + lay.notes
+
+
+def dumped_bitmap(scan: Scan, nbytes: int) -> bytearray:
+    """The 2nd bitmap: one bit per pfn of the scan's runs (O(mem_pages / 8) bytes)."""
+    bm = bytearray(nbytes)
+    for first, count in scan.iter_runs():
+        last = first + count  # exclusive
+        a, b = first >> 3, last >> 3
+        if a == b:
+            bm[a] |= ((1 << count) - 1) << (first & 7)
+            continue
+        bm[a] |= (0xFF << (first & 7)) & 0xFF
+        if b > a + 1:
+            bm[a + 1 : b] = b"\xff" * (b - a - 1)
+        if last & 7:
+            bm[b] |= (1 << (last & 7)) - 1
+    return bm
+
+
+def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> None:
+    """The 1st bitmap: every pfn below mem_pages is RAM (written in bounded chunks)."""
+    full, rest = divmod(mem_pages, 8)
+    done = 0
+    chunk = b"\xff" * BITMAP_CHUNK
+    while done < full:
+        n = min(BITMAP_CHUNK, full - done)
+        sink.write_at(offset + done, chunk[:n])
+        done += n
+    tail = bytes([(1 << rest) - 1]) if rest else b""
+    pad = nbytes - full - len(tail)
+    sink.write_at(offset + full, tail + bytes(pad))
+
+
+# -- the pages ----------------------------------------------------------------------
+
+
+def _pfns(scan: Scan) -> Iterator[int]:
+    for first, count in scan.iter_runs():
+        yield from range(first, first + count)
+
+
+def write_kdump(
+    sink: Sink, dump: Dump, scan: Scan, progress: Progress | None
+) -> tuple[Written, int]:
+    """Write the whole kdump-compressed file into ``sink``; return (Written, status)."""
+    h = dump.header
+    bs = h.page_size
+    lay = Layout(dump, scan)
+    copy_flag = int(PASSTHROUGH.get(h.codec, DH.COMPRESSED_ZLIB))
+    decompress: Decompressor | None = None
+    if h.codec not in PASSTHROUGH:
+        decompress = decompressor(h.codec, bs)
+    incomplete = h.truncated or scan.nr_damaged > 0 or not dump.meta_ok
+
+    # Bitmaps first: fixed by pass one.
+    _write_ram_bitmap(sink, lay.bitmap_off, h.mem_pages, lay.bitmap_bytes)
+    bm = dumped_bitmap(scan, lay.bitmap_bytes)
+    for i in range(0, len(bm), BITMAP_CHUNK):
+        sink.write_at(lay.bitmap_off + lay.bitmap_bytes + i, bm[i : i + BITMAP_CHUNK])
+    del bm
+
+    desc = _Stream(sink, lay.desc_off, DESC_FLUSH)
+    data = _Stream(sink, lay.data_off, DATA_FLUSH)
+    data.add(bytes(bs))
+    zero_desc = PAGE_DESC.pack(lay.zero_off, bs, 0, 0)
+    pack = PAGE_DESC.pack
+    used_flags = 0
+    expect = _pfns(scan)
+    done = 0
+    total = scan.good
+    lost = 0  # pages the layout promised but pass two could not deliver
+
+    for e, stored in dump.stored_pages(scan):
+        pfn = next(expect, None)
+        while pfn is not None and pfn < e.pfn:  # an entry went bad since pass one
+            scan.note_damage("directory entry changed between passes", pfn)
+            desc.add(zero_desc)
+            lost += 1
+            done += 1
+            pfn = next(expect, None)
+        if pfn is None:
+            break
+        if stored is None:  # counted by stored_pages
+            desc.add(zero_desc)
+            lost += 1
+        elif e.zero:
+            desc.add(zero_desc)
+        elif e.raw:
+            desc.add(pack(data.pos, bs, 0, 0))
+            data.add(stored)
+        elif decompress is None:
+            desc.add(pack(data.pos, len(stored), copy_flag, 0))
+            used_flags |= copy_flag
+            data.add(stored)
+        else:
+            try:
+                page = decompress(stored)
+            except CodecError:
+                scan.note_damage("page does not decompress", e.pfn)
+                desc.add(zero_desc)
+                lost += 1
+            else:
+                z = zlib.compress(page, RECOMPRESS_LEVEL)
+                if len(z) < bs:
+                    desc.add(pack(data.pos, len(z), copy_flag, 0))
+                    used_flags |= copy_flag
+                    data.add(z)
+                else:
+                    desc.add(pack(data.pos, bs, 0, 0))
+                    data.add(page)
+        done += 1
+        if progress is not None and done % 4096 == 0:
+            progress(done, total)
+    for pfn in expect:  # the directory ended early since pass one
+        scan.note_damage("directory entry changed between passes", pfn)
+        desc.add(zero_desc)
+        lost += 1
+        done += 1
+    desc.flush()
+    data.flush()
+    assert desc.pos == lay.data_off, (desc.pos, lay.data_off)
+
+    status = used_flags or copy_flag
+    if incomplete or lost:
+        status |= DH.COMPRESSED_INCOMPLETE
+    dh, sub = headers(dump, lay, status)
+    sink.write_at(bs, sub)
+    sink.write_at(0, dh)  # last: the header describes what is now there
+    if progress is not None:
+        progress(done, total)
+    return Written(data.pos, done), status
+
+
+class KdumpWriter:
+    """The ``kdump`` output format (info.json says ``"format": "kdump"``)."""
+
+    name = "kdump"
+    filename = "vmcore"
+
+    def estimate(self, dump: Dump, scan: Scan) -> int:
+        return Layout(dump, scan).max_size
+
+    def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written:
+        written, _status = write_kdump(FileSink(fd), dump, scan, progress)
+        os.ftruncate(fd, written.size)
+        return written
