@@ -41,6 +41,14 @@ def _event(kind: str, message: str, **fields: Any) -> None:
     journal.log_event(kind, message, **fields)
 
 
+def _under_systemd() -> bool:
+    try:
+        from dumpsaver import journal
+    except ImportError:
+        return False
+    return journal.running_under_systemd()
+
+
 def _notify(text: str) -> None:
     try:
         from dumpsaver import journal
@@ -82,12 +90,18 @@ class Ctx:
         return locate.candidates(
             sysfs=self.sysfs, cmdline=self.cmdline, iomem=self.iomem,
             use_memmap=self.cfg.use_memmap, regions=self.cfg.regions,
-        )  # fmt: skip
+        )
 
 
-def _find_dump(ctx: Ctx, force: bool) -> tuple[Any, Any, Any, list[str]]:
-    """The first candidate holding a dump: (candidate, mem, dump, notes on the others)."""
-    from dumpsaver.save import open_dump
+def _find_dump(
+    ctx: Ctx, force: bool, finish_release: bool = False
+) -> tuple[Any, Any, Any, list[str]]:
+    """The first candidate holding a dump: (candidate, mem, dump, notes on the others).
+
+    ``finish_release``: an area whose header says "already saved" still has its sysfs
+    release done (a save interrupted between invalidating the header and the release
+    would otherwise keep the memory reserved for the whole boot)."""
+    from dumpsaver.save import open_dump, release_sysfs
 
     notes = []
     problem: DumpsaverError | None = None
@@ -97,6 +111,12 @@ def _find_dump(ctx: Ctx, force: bool) -> tuple[Any, Any, Any, list[str]]:
         except FormatError as e:
             if "already saved" in e.message or "bad dump magic" in e.message:
                 notes.append(f"{cand.source}: {e.message}")
+                if "already saved" in e.message and finish_release and cand.release:
+                    try:
+                        release_sysfs(cand)
+                        notes.append(f"{cand.source}: finished its release")
+                    except DumpsaverError as r:
+                        notes.append(r.message)
                 continue
             problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
             continue
@@ -135,7 +155,7 @@ def cmd_save(ctx: Ctx) -> int:
     from dumpsaver import save as save_mod
 
     a = ctx.args
-    cand, mem, dump, notes = _find_dump(ctx, a.force)
+    cand, mem, dump, notes = _find_dump(ctx, a.force, finish_release=not (a.check or a.keep))
     if dump is None:
         if a.check:
             return EXIT_NO_DUMP
@@ -151,11 +171,11 @@ def cmd_save(ctx: Ctx) -> int:
         did = str(h.dump_id)
         _event("dump-found", f"found dump {did} via {cand.method} "
                         f"({human(h.dir_offset + h.dir_bytes)} in memory): "
-                        f"{clean_text(dump.meta.panic, 200)}", DUMP_ID=did)  # fmt: skip
+                        f"{clean_text(dump.meta.panic, 200)}", DUMP_ID=did)
         tries = state.attempts_for(ctx.state_dir, did)
         if tries >= ctx.cfg.max_attempts and not a.force:
             _event("failed", f"gave up on dump {did} after {tries} failed attempts; the dump "
-                             "stays in memory", DUMP_ID=did)  # fmt: skip
+                             "stays in memory", DUMP_ID=did)
             raise DumpsaverError(
                 f"gave up after {tries} failed attempts to save dump {did}",
                 hint="fix the cause (see dumpsaver status), then run dumpsaver save --force",
@@ -167,11 +187,12 @@ def cmd_save(ctx: Ctx) -> int:
                 ctx.cfg, cand, dump, mem_path=ctx.mem, dest=ctx.dest, fmt_name=a.format,
                 keep=a.keep, wait=a.wait, progress=_Bar(),
                 on_event=lambda kind, msg: _event(kind, msg, DUMP_ID=did),
-            )  # fmt: skip
+            )
         except DumpsaverError as e:
-            n = state.record_failure(ctx.state_dir, did, e.message)
-            _event("failed", f"could not save dump {did} (attempt {n} of "
-                             f"{ctx.cfg.max_attempts}): {e.message}", DUMP_ID=did)  # fmt: skip
+            tries = state.record_failure(ctx.state_dir, did, e.message)
+            e.message += f" (attempt {tries} of {ctx.cfg.max_attempts})"
+            if _under_systemd():  # on a terminal the error line below says it all
+                _event("failed", f"could not save dump {did}: {e.message}", DUMP_ID=did)
             raise
         state.clear(ctx.state_dir)
     finally:
@@ -215,7 +236,7 @@ def _status(ctx: Ctx) -> dict[str, Any]:
             "method": cand.method, "source": cand.source,
             "ranges": [[r.start, r.end] for r in cand.ranges], "header": cand.header,
             "release": cand.release_action,
-        }  # fmt: skip
+        }
         try:
             mem, dump = save_mod.open_dump(cand, ctx.mem)
         except DumpsaverError as e:
@@ -234,7 +255,7 @@ def _status(ctx: Ctx) -> dict[str, Any]:
                         "pages": h.nr_entries,
                         "memory_bytes": h.mem_pages * h.page_size,
                         "truncated_at_panic": h.truncated,
-                    }  # fmt: skip
+                    }
         areas.append(entry)
     out["areas"] = areas
     out["waiting"] = waiting
@@ -245,7 +266,7 @@ def _status(ctx: Ctx) -> dict[str, Any]:
             "panic": clean_text(str(info.get("panic", "")), 300),
             "size": info.get("file_size"), "complete": info.get("complete"),
             "format": info.get("format"),
-        })  # fmt: skip
+        })
     out["dumps"] = dumps
     try:
         st = os.statvfs(ctx.dest)
@@ -275,7 +296,7 @@ def cmd_status(ctx: Ctx) -> int:
     p(f"config:      {s['config']}")
     if not s["areas"]:
         p("dump area:   none found" + (f" ({s['locate_error']})" if "locate_error" in s else
-                                       " (no mcore sysfs interface, memmap= or configured region)"))  # fmt: skip
+                                       " (no mcore sysfs interface, memmap= or configured region)"))
     for a in s["areas"]:
         rng = ", ".join(f"{x:#x}-{y - 1:#x}" for x, y in a["ranges"][:4])
         p(f"dump area:   {rng} via {a['method']} ({a['source']})")
@@ -283,20 +304,21 @@ def cmd_status(ctx: Ctx) -> int:
         p(f"  release:   {a['release']}")
     w = s["waiting"]
     if w:
-        p(f"waiting:     dump {w['dump_id']} from {w['crash_time']}, {human(w['bytes_in_memory'])}"
-          f" in memory, {w['pages']} pages{' (TRUNCATED at panic)' if w['truncated_at_panic'] else ''}")  # fmt: skip
+        trunc = " (TRUNCATED at panic)" if w["truncated_at_panic"] else ""
+        p(f"waiting:     dump {w['dump_id']} from {w['crash_time']}, "
+          f"{human(w['bytes_in_memory'])} in memory, {w['pages']} pages{trunc}")
         p(f"  panic:     {w['panic']}")
     else:
         p("waiting:     no dump in memory")
     fa = s["failed_attempts"]
     if fa:
         p(f"failed:      {fa.get('count')} of {s['max_attempts']} attempts for dump "
-          f"{fa.get('dump_id')}: {clean_text(str(fa.get('reason')), 300)}")  # fmt: skip
+          f"{fa.get('dump_id')}: {clean_text(str(fa.get('reason')), 300)}")
         if isinstance(fa.get("count"), int) and fa["count"] >= s["max_attempts"]:
             p("             no longer trying; fix the cause and run: dumpsaver save --force")
     free = s["free_bytes"]
     p(f"dump dir:    {s['dump_dir']}, " + (f"{human(free)} free, minfree {human(s['minfree'])}"
-                                          if free is not None else "does not exist yet"))  # fmt: skip
+                                          if free is not None else "does not exist yet"))
     if free is not None and free < s["minfree"]:
         p("             WARNING: free space is below minfree: a dump would not be saved")
     p(f"after save:  {s['restart']}")
@@ -333,7 +355,7 @@ def _status_dumps(ctx: Ctx) -> list[dict[str, Any]]:
     return [
         {"id": clean_text(n, 200), "crash_time": i.get("crash_time"),
          "panic": clean_text(str(i.get("panic", "")), 300), "size": i.get("file_size"),
-         "complete": i.get("complete"), "format": i.get("format")}  # fmt: skip
+         "complete": i.get("complete"), "format": i.get("format")}
         for n, i in save_mod.saved_dumps(ctx.dest)
     ]
 
@@ -343,13 +365,13 @@ def cmd_info(ctx: Ctx) -> int:
 
     want = ctx.args.id
     matches = [(n, i) for n, i in save_mod.saved_dumps(ctx.dest)
-               if n == want or n.startswith(want) or i.get("dump_id") == want]  # fmt: skip
+               if n == want or n.startswith(want) or i.get("dump_id") == want]
     if not matches:
         raise DumpsaverError(f"no saved dump {clean_text(want, 100)!r} in {ctx.dest}",
-                             hint="dumpsaver list shows the saved dumps")  # fmt: skip
+                             hint="dumpsaver list shows the saved dumps")
     if len(matches) > 1:
         raise DumpsaverError(f"{clean_text(want, 100)!r} matches {len(matches)} dumps",
-                             hint="give more of the name")  # fmt: skip
+                             hint="give more of the name")
     name, info = matches[0]
     if ctx.args.json:
         print(json.dumps(info, indent=1))
@@ -377,14 +399,14 @@ def cmd_simulate(ctx: Ctx) -> int:
         codec = Codec[a.codec.upper()]
     except KeyError:
         raise DumpsaverError(f"unknown codec {a.codec!r}", hint="zlib, zstd or lz4",
-                             exit_code=EXIT_USAGE) from None  # fmt: skip
+                             exit_code=EXIT_USAGE) from None
     m = simulate.simulate(
         a.into, memory=parse_size(a.memory), profile=a.profile, seed=a.seed, codec=codec,
         panic=a.panic, target_mem=a.target_mem, target_region=region,
-    )  # fmt: skip
+    )
     print(f"simulated a {a.memory} {a.profile} machine (seed {a.seed}): "
           f"{m['saved_pages']} pages saved in {human(int(str(m['compressed_bytes'])))} "
-          f"({a.codec}); files in {a.into}")  # fmt: skip
+          f"({a.codec}); files in {a.into}")
     return EXIT_OK
 
 
@@ -401,7 +423,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dumpsaver {__version__}")
     p.add_argument("--config", type=Path, help="configuration file "
-                   f"(default: {config_mod.DEFAULT_PATH})")  # fmt: skip
+                   f"(default: {config_mod.DEFAULT_PATH})")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -454,7 +476,7 @@ def _setup_logging(debug: bool) -> None:
     except ImportError:
         level = os.environ.get("SYSTEMD_LOG_LEVEL", "debug" if debug else "info").upper()
         logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                            format="dumpsaver: %(message)s")  # fmt: skip
+                            format="dumpsaver: %(message)s")
         return
     journal.setup_logging(debug)
 
@@ -478,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: internal error: {type(e).__name__}: {clean_text(str(e), 500)} "
-              "(hint: rerun with --debug and report it)", file=sys.stderr)  # fmt: skip
+              "(hint: rerun with --debug and report it)", file=sys.stderr)
         return EXIT_FAILURE
 
 

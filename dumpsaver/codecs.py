@@ -72,7 +72,7 @@ def compressor(codec: Codec, level: int | None = None) -> Compressor:
         c = _zstd().ZstdCompressor(level=1 if level is None else level, write_content_size=True)
         return c.compress  # type: ignore[no-any-return]
     blk = _lz4()
-    return lambda page: blk.compress(page, store_size=False)  # type: ignore[no-any-return]
+    return lambda page: blk.compress(page, store_size=False)
 
 
 def decompressor(codec: Codec, page_size: int) -> Decompressor:

@@ -62,7 +62,8 @@ def prstatus(pid: int, regs: Sequence[int]) -> bytes:
 def prstatus_regs(blob: bytes) -> dict[str, int]:
     if len(blob) < PRSTATUS_REG_OFFSET + 27 * 8:
         return {}
-    return dict(zip(X86_64_REGS, struct.unpack_from("<27Q", blob, PRSTATUS_REG_OFFSET), strict=True))
+    values = struct.unpack_from("<27Q", blob, PRSTATUS_REG_OFFSET)
+    return dict(zip(X86_64_REGS, values, strict=True))
 
 
 def note(name: bytes, ntype: int, desc: bytes) -> bytes:

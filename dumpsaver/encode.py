@@ -8,6 +8,7 @@ the dump is marked TRUNCATED.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
@@ -105,7 +106,7 @@ def encode_dump(
     if buf:
         stream.write(buf_off, bytes(buf))
     entries.sort(key=lambda e: e.pfn)
-    for a, b in zip(entries, entries[1:], strict=False):
+    for a, b in itertools.pairwise(entries):
         if a.pfn == b.pfn:
             raise ValueError(f"page {a.pfn} given twice")
     dir_off = pos
@@ -116,7 +117,7 @@ def encode_dump(
     header = replace(
         header,
         extents=_used_extents(header.extents, dir_off + len(entries) * fmt.ENTRY.size, page_size),
-        flags=fmt.HeaderFlag.TRUNCATED if truncated else fmt.HeaderFlag(0),
+        flags=fmt.HeaderFlag.TRUNCATED if truncated else fmt.HeaderFlag.NONE,
         nr_entries=len(entries),
         nr_zero=nr_zero,
         nr_dropped=max(dropped, 1 if truncated else 0),

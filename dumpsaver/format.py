@@ -63,6 +63,7 @@ DEFAULT_EXCLUDED = frozenset(
 
 
 class HeaderFlag(enum.IntFlag):
+    NONE = 0
     TRUNCATED = 0x1  # the panic side ran out of space: some selected pages are missing
 
 
@@ -122,7 +123,7 @@ class Header:
     class_pages: tuple[int, ...]  # pages per PageClass in the whole machine
     extents: tuple[Extent, ...]
     nr_cpus: int = 0
-    flags: HeaderFlag = HeaderFlag(0)
+    flags: HeaderFlag = HeaderFlag.NONE
     nr_entries: int = 0
     nr_zero: int = 0
     nr_dropped: int = 0
@@ -197,6 +198,7 @@ def peek_header_size(fixed: bytes) -> int:
     if magic != MAGIC:
         raise FormatError(f"bad dump magic {magic!r} (expected {MAGIC!r})")
     version, header_size = struct.unpack_from("<II", fixed, 8)
+    assert isinstance(header_size, int)
     if version != VERSION:
         raise FormatError(f"unsupported dump format version {version} (this saver reads {VERSION})")
     (n_extents,) = struct.unpack_from("<I", fixed, 36)

@@ -117,7 +117,7 @@ def ensure_dest(dest: Path) -> int:
 @contextlib.contextmanager
 def locked(dest_fd: int, dest: Path, wait: float) -> Iterator[None]:
     fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
-                 dir_fd=dest_fd)  # fmt: skip
+                 dir_fd=dest_fd)
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -170,7 +170,8 @@ def saved_dumps(dest: Path) -> list[tuple[str, dict[str, Any]]]:
             info = read_info(fd, name)
             if info is not None:
                 out.append((name, info))
-        out.sort(key=lambda x: (str(x[1].get("crash_time", "")), x[0]))
+        out.sort(key=lambda x: (str(x[1].get("crash_time", "")), str(x[1].get("save_time", "")),
+                                x[0]))
         return out
     finally:
         os.close(fd)
@@ -193,7 +194,7 @@ def _create(dir_fd: int, name: str) -> int:
     return os.open(
         name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
         dir_fd=dir_fd,
-    )  # fmt: skip
+    )
 
 
 def _write_small(dir_fd: int, name: str, data: bytes) -> None:
@@ -281,12 +282,22 @@ def release(cand: Candidate, mem_path: str) -> None:
         if os.path.isfile(mem_path):
             os.fsync(mem.fd)  # an image file in tests; /dev/mem needs (and allows) no fsync
     checkpoint("release-sysfs")
+    release_sysfs(cand)
+
+
+def release_sysfs(cand: Candidate) -> None:
+    """Hand the pages back to the kernel (sysfs ``release``); a no-op without one.
+
+    Also called for a dump whose header is already invalidated: a save interrupted
+    between invalidating the header and this write must still free the memory."""
     if cand.release is not None:
         try:
             with open(cand.release, "w") as f:
                 f.write("1\n")
         except OSError as e:
-            raise DumpsaverError(f"cannot release the dump via {cand.release}: {e.strerror}") from None
+            raise DumpsaverError(
+                f"cannot release the dump via {cand.release}: {e.strerror}"
+            ) from None
 
 
 # -- save -----------------------------------------------------------------------------
@@ -342,7 +353,7 @@ def save(
                 final = f"{name}-{h.dump_id.hex[:8]}"
             try:
                 info = _write_dir(dest_fd, tmp, dump, scan, writer, cand, started, final,
-                                  progress)  # fmt: skip
+                                  progress)
                 checkpoint("rename")
                 os.rename(tmp, final, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
                 checkpoint("fsync-dest")
@@ -353,7 +364,7 @@ def save(
                 raise _space_error(e, dest, need) from None
             status = "saved" if info["complete"] else "incomplete"
             event(status, f"saved dump {final} ({human(info['file_size'])}, "
-                          f"{'complete' if info['complete'] else 'INCOMPLETE'})")  # fmt: skip
+                          f"{'complete' if info['complete'] else 'INCOMPLETE'})")
             checkpoint("release")
             if not keep:
                 release(cand, mem_path)
@@ -372,7 +383,7 @@ def _write_dir(
     os.mkdir(tmp, DIR_MODE, dir_fd=dest_fd)
     checkpoint("mkdir")
     tmp_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=dest_fd)  # fmt: skip
+                     dir_fd=dest_fd)
     try:
         _write_small(tmp_fd, DMESG, clean_text(dump.meta.dmesg, None, keep_newlines=True).encode())
         checkpoint("dmesg")
@@ -384,7 +395,7 @@ def _write_dir(
         finally:
             os.close(fd)
         info = build_info(dump, scan, cand=cand, fmt_name=writer.name, file_size=written.size,
-                          started=started, name=final)  # fmt: skip
+                          started=started, name=final)
         info["file"] = writer.filename
         checkpoint("info")
         _write_small(tmp_fd, INFO, json.dumps(info, indent=1).encode() + b"\n")
@@ -429,9 +440,12 @@ def _du(dest_fd: int, name: str) -> int:
 
 
 def open_dump(cand: Candidate, mem_path: str, *, force: bool = False) -> tuple[PhysMem, Dump]:
+    checkpoint("locate")
     mem = PhysMem(mem_path, cand.ranges)
     try:
-        return mem, Dump(mem, cand.header, force=force)
+        dump = Dump(mem, cand.header, force=force)
     except FormatError:
         mem.close()
         raise
+    checkpoint("header")
+    return mem, dump

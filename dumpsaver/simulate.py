@@ -34,11 +34,10 @@ from dumpsaver.errors import DumpsaverError
 from dumpsaver.format import PageClass as PC
 from dumpsaver.physmem import LogicalStream, PhysMem, Range
 
-
 PAGE = 4096
 #: Saved first when space runs out: what a debugger needs most.
 PRIORITY = (PC.KERNEL_DATA, PC.PAGE_TABLE, PC.KERNEL_TEXT, PC.LOCKED,
-            PC.USER_ANON, PC.USER_SHARED, PC.FILE_CACHE, PC.FREE)  # fmt: skip
+            PC.USER_ANON, PC.USER_SHARED, PC.FILE_CACHE, PC.FREE)
 
 
 @dataclass(frozen=True)
@@ -149,10 +148,10 @@ class Machine:
                 *((base + (i << 12)) | 0x63 if rng.random() < 0.6 else 0 for i in range(ps // 8)),
             )
         if c is PC.FILE_CACHE:
-            words = [b"the", b"kernel", b"page", b"cache", b"holds", b"files", b"\n", b"log:"]
+            vocab = [b"the", b"kernel", b"page", b"cache", b"holds", b"files", b"\n", b"log:"]
             out = bytearray()
             while len(out) < ps:
-                out += rng.choice(words) + b" "
+                out += rng.choice(vocab) + b" "
             return bytes(out[:ps])
         return rng.randbytes(ps)  # user data, free pages' stale contents
 
@@ -207,7 +206,9 @@ def destination_extents(
     return [(a * ps, (b - a + 1) * ps) for a, b in runs[:max_extents]]
 
 
-def panic_meta(m: Machine, crash_ns: int, rng: random.Random, panic: str, ncpus: int) -> fmt.MetaInfo:
+def panic_meta(
+    m: Machine, crash_ns: int, rng: random.Random, panic: str, ncpus: int
+) -> fmt.MetaInfo:
     release = "6.1.0-sim-amd64"
     vmcoreinfo = "".join(
         f"{k}={v}\n"
@@ -247,7 +248,7 @@ def panic_meta(m: Machine, crash_ns: int, rng: random.Random, panic: str, ncpus:
         panic=panic,
         uts={"sysname": "Linux", "nodename": f"sim-{m.seed}", "release": release,
              "version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.0-sim", "machine": "x86_64",
-             "domainname": "(none)"},  # fmt: skip
+             "domainname": "(none)"},
         prstatus=regs,
         vmcoreinfo=vmcoreinfo,
         dmesg=dmesg,

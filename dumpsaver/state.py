@@ -34,7 +34,7 @@ def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
     """Count one more failed attempt for ``dump_id``; return the new count.  Durable."""
     count = attempts_for(state_dir, dump_id) + 1
     data = {"dump_id": dump_id, "count": count, "reason": reason,
-            "time": datetime.now(UTC).isoformat()}  # fmt: skip
+            "time": datetime.now(UTC).isoformat()}
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = state_dir / (FILE + ".tmp")
@@ -42,6 +42,9 @@ def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
             json.dump(data, f)
             f.flush()
             os.fsync(f.fileno())
+        from dumpsaver.save import checkpoint  # fault injection (interruption tests)
+
+        checkpoint("state")
         os.replace(tmp, state_dir / FILE)
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -54,5 +57,8 @@ def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
 
 
 def clear(state_dir: Path) -> None:
+    from dumpsaver.save import checkpoint  # fault injection (interruption tests)
+
+    checkpoint("state-clear")
     with contextlib.suppress(OSError):
         (state_dir / FILE).unlink()

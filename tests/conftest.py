@@ -60,7 +60,7 @@ class Sim:
 
     def cli_args(self, dest: Path) -> list[str]:
         return ["--mem", str(self.mem), "--sysfs", str(self.sys), "--cmdline", "/dev/null",
-                "--dest", str(dest), "--state-dir", str(dest.parent / "state")]  # fmt: skip
+                "--dest", str(dest), "--state-dir", str(dest.parent / "state")]
 
 
 @pytest.fixture(scope="session")
@@ -76,18 +76,19 @@ def make_sim(
     counter = iter(range(10**6))
 
     def make(memory: int = 16 << 20, profile: str = "idle", seed: int = 1,
-             codec: Codec = Codec.ZLIB, **kw: Any) -> Sim:  # fmt: skip
+             codec: Codec = Codec.ZLIB, **kw: Any) -> Sim:
         key = (memory, profile, seed, codec, tuple(sorted(kw.items())))
         if key not in sim_cache:
             d = tmp_path_factory.mktemp("sim")
             m = simulate(d, memory=memory, profile=profile, seed=seed, codec=codec,
-                         crash_time_ns=1_700_000_000_000_000_000 + seed, **kw)  # fmt: skip
+                         crash_time_ns=1_700_000_000_000_000_000 + seed, **kw)
             sim_cache[key] = Sim(d, m)
         src = sim_cache[key]
         d = tmp_path / f"sim{next(counter)}"
         d.mkdir()
         for name in ("mem", "manifest.json"):
-            subprocess.run(["cp", "--sparse=always", str(src.dir / name), str(d / name)], check=True)
+            cp = ["cp", "--sparse=always", str(src.dir / name), str(d / name)]
+            subprocess.run(cp, check=True)
         (d / "before.mem").symlink_to(src.dir / "before.mem")
         shutil.copytree(src.dir / "sys", d / "sys")
         return Sim(d, json.loads((d / "manifest.json").read_text()))
@@ -118,7 +119,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     e.pop("NOTIFY_SOCKET", None)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "dumpsaver", *args], capture_output=True,
-                          text=True, env=e, timeout=300)  # fmt: skip
+                          text=True, env=e, timeout=300)
 
 
 def check_against_truth(vmcore: Path, sim: Sim, *, absent_sample: int = 64) -> int:
@@ -135,7 +136,7 @@ def check_against_truth(vmcore: Path, sim: Sim, *, absent_sample: int = 64) -> i
     saved_set = set(saved)
     mem_pages = sim.manifest["memory"] // ps
     unsaved = [p for p in range(0, mem_pages, max(1, mem_pages // (absent_sample * 4)))
-               if p not in saved_set][:absent_sample]  # fmt: skip
+               if p not in saved_set][:absent_sample]
     for pfn in unsaved:
         with pytest.raises(drgn.FaultError):
             prog.read(pfn * ps, ps, True)

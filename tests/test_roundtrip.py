@@ -79,13 +79,14 @@ def test_readelf_accepts_the_core(make_sim, tmp_path) -> None:  # type: ignore[n
     res = save_sim(sim, tmp_path / "dumps")
     vmcore, _ = _saved(res.dump_dir)
     out = subprocess.run(["readelf", "-W", "-h", "-l", "-n", str(vmcore)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+                         text=True, check=True)
     assert "warning" not in out.stderr.lower() and "error" not in out.stderr.lower(), out.stderr
     assert "CORE (Core file)" in out.stdout
     assert "X86-64" in out.stdout
     loads = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("LOAD")]
     assert len(loads) == len(sim.manifest["saved"])
-    first_phdr = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith(("NOTE", "LOAD")))
+    phdrs = [ln.strip() for ln in out.stdout.splitlines()]
+    first_phdr = next(ln for ln in phdrs if ln.startswith(("NOTE", "LOAD")))
     assert first_phdr.strip().startswith("NOTE")  # crash wants the note first
     assert out.stdout.count("NT_PRSTATUS") == 2
     assert "VMCOREINFO" in out.stdout

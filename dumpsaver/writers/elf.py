@@ -58,7 +58,7 @@ class ElfWriter:
             size = count * ps
             phdrs.append(
                 E.PHDR.pack(E.PT.LOAD, E.PF.R | E.PF.W | E.PF.X, off, direct + paddr if direct
-                            else 0, paddr, size, size, 0)  # fmt: skip
+                            else 0, paddr, size, size, 0)
             )
             seg_off[first] = off
             off += size
@@ -71,7 +71,7 @@ class ElfWriter:
         ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
         flags = EF_INCOMPLETE if (h.truncated or scan.nr_damaged) else 0
         ehdr = E.EHDR.pack(ident, E.ET.CORE, machine, 1, 0, E.EHDR.size, shoff, flags,
-                           E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)  # fmt: skip
+                           E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)
         head = ehdr + b"".join(phdrs) + notes + shdr0
         os.ftruncate(fd, total)
         _pwrite_all(fd, head, 0)
@@ -84,7 +84,13 @@ class ElfWriter:
         base = seg_off.get(run_first, data_off)
         done = 0
         total_pages = scan.good
+        # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
+        kill_in_loop = os.environ.get("DUMPSAVER_KILL_AT", "").startswith("write-page")
         for pfn, page in dump.pages(scan):
+            if kill_in_loop:
+                from dumpsaver.save import checkpoint
+
+                checkpoint("write-page")
             while pfn >= run_first + run_count:
                 run_first, run_count = next(runs)
                 base = seg_off[run_first]
