@@ -1,0 +1,100 @@
+"""The CLI's fixed interface (other tooling relies on it) and its error behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dumpsaver import locate
+from dumpsaver.errors import EXIT_CORRUPT
+
+from .conftest import run_cli
+
+
+def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
+    d, dest = tmp_path / "m", tmp_path / "dest"
+    r = run_cli("simulate", "--memory", "32M", "--profile", "idle", "--seed", "1", "--into", str(d))
+    assert r.returncode == 0, r.stderr
+    for name in ("mem", "before.mem", "manifest.json", "sys/header", "sys/ranges", "sys/release"):
+        assert (d / name).exists(), name
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["page_size"] == 4096
+    assert all(a <= b for a, b in m["saved"]) and m["saved"] == sorted(m["saved"])
+    assert sum(m["classes"].values()) == (32 << 20) // 4096
+    assert set(m["classes"]) >= {"kernel_text", "kernel_data", "page_table", "free",
+                                 "user_anon", "user_shared", "file_cache", "locked"}
+    area = m["dump_area"]
+    assert all(a < b for a, b in area) and m["compressed_bytes"] <= sum(b - a for a, b in area)
+    cand = locate.from_sysfs(d / "sys")
+    assert cand is not None and cand.header == area[0][0]
+
+    r = run_cli("save", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"), "--dest", str(dest),
+                "--no-restart", "--cmdline", "/dev/null")
+    assert r.returncode == 0, r.stderr
+    (saved,) = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    assert (saved / "vmcore").is_file() and (saved / "info.json").is_file()
+
+    r = run_cli("status", "--json", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"),
+                "--dest", str(dest), "--cmdline", "/dev/null")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["waiting"] is None
+    assert s["areas"][0]["method"] == "sysfs" and "already saved" in s["areas"][0]["dump"]
+    assert s["dumps"][0]["id"] == saved.name and s["dumps"][0]["complete"] is True
+    assert s["free_bytes"] > 0 and s["minfree"] == 64 << 20
+
+    r = run_cli("list", "--dest", str(dest))
+    assert saved.name in r.stdout and "complete" in r.stdout
+    r = run_cli("info", saved.name[:10], "--dest", str(dest), "--json")
+    assert json.loads(r.stdout)["id"] == saved.name
+    r = run_cli("info", "nope", "--dest", str(dest))
+    assert r.returncode == 1 and r.stderr.startswith("error: no saved dump 'nope'")
+
+
+def test_status_shows_a_waiting_dump(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    run_cli("simulate", "--memory", "8M", "--seed", "2", "--panic", "BUG: oops", "--into", str(d))
+    r = run_cli("status", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"),
+                "--dest", str(tmp_path / "none"), "--cmdline", "/dev/null")
+    assert r.returncode == 0, r.stderr
+    assert "waiting:     dump " in r.stdout and "panic:     BUG: oops" in r.stdout
+    assert "via sysfs" in r.stdout and "release:" in r.stdout and "saved dumps: none" in r.stdout
+    r = run_cli("save", "--check", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"),
+                "--cmdline", "/dev/null")
+    assert r.returncode == 0
+
+
+def test_no_dump_is_quiet_success(tmp_path: Path) -> None:
+    r = run_cli("save", "--sysfs", str(tmp_path / "nosys"), "--cmdline", "/dev/null",
+                "--dest", str(tmp_path / "d"), "--no-restart")
+    assert r.returncode == 0 and "no dump" in r.stdout and not (tmp_path / "d").exists()
+    r = run_cli("save", "--check", "--sysfs", str(tmp_path / "nosys"), "--cmdline", "/dev/null")
+    assert r.returncode == 3
+
+
+def test_expected_failures_are_one_line(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    run_cli("simulate", "--memory", "8M", "--into", str(d))
+    r = run_cli("save", "--mem", str(tmp_path / "missing"), "--sysfs", str(d / "sys"),
+                "--cmdline", "/dev/null", "--dest", str(tmp_path / "d"))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: cannot open memory device")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("colour: blue\n")
+    r = run_cli("--config", str(cfg), "status")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "'colour'" in r.stderr
+    r = run_cli("simulate", "--memory", "lots", "--into", str(tmp_path / "x"))
+    assert r.returncode == 1 and r.stderr.startswith("error: bad size 'lots'")
+    (d / "sys" / "header").write_text("0xnothex\n")
+    r = run_cli("save", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"), "--cmdline",
+                "/dev/null", "--dest", str(tmp_path / "d"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "bad " in r.stderr
+
+
+def test_header_pointing_elsewhere_in_sysfs(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    run_cli("simulate", "--memory", "8M", "--into", str(d))
+    (d / "sys" / "header").write_text("0x0\n")  # not inside the reserved ranges
+    r = run_cli("save", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"), "--cmdline",
+                "/dev/null", "--dest", str(tmp_path / "d"), "--no-restart")
+    assert r.returncode == EXIT_CORRUPT and "outside the reserved dump area" in r.stderr
