@@ -40,7 +40,12 @@ fi
 stamp=.venv/.dumpsaver-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test,systemd,codecs]' atheris
+  log=.venv/bootstrap-pip.log
+  if ! { .venv/bin/pip install -q --upgrade pip &&
+         .venv/bin/pip install -q -e '.[test,systemd,codecs]' atheris; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: pip failed (log above)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
