@@ -1,0 +1,135 @@
+"""Fixtures for the end-to-end tests: a real kernel in QEMU, dumpsaver from its .deb.
+
+Opt-in (they take minutes): run with ``-m e2e`` or ``DUMPSAVER_E2E=1``.  They skip, with
+the reason, when not root or when qemu-system-x86_64, mmdebstrap, e2fsprogs or
+dpkg-buildpackage are missing (``tests/e2e/setup-deps.sh`` installs them).
+
+Environment:
+  DUMPSAVER_E2E_CACHE   base rootfs cache (default /var/cache/dumpsaver-e2e)
+  DUMPSAVER_E2E_WORK    keep scenario disks, serial logs and extracted evidence here
+  DUMPSAVER_E2E_DEB     use this .deb instead of building one with packaging/build-deb.sh
+  DUMPSAVER_E2E_ACCEL   tcg (default) or kvm
+  DUMPSAVER_E2E_TIMEOUT hard limit per scenario in seconds (default 600)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import image as guest_image  # noqa: E402
+import qemu  # noqa: E402
+
+TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "mmdebstrap": "mmdebstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "dpkg-buildpackage": "dpkg-dev",
+    "journalctl": "systemd",
+}
+
+
+def _wanted(config: pytest.Config) -> bool:
+    if os.environ.get("DUMPSAVER_E2E") == "1":
+        return True
+    markexpr = config.getoption("-m", default="") or ""
+    return "e2e" in markexpr and "not e2e" not in markexpr
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (mmdebstrap --mode=root, chroot dpkg -i)"
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    if qemu.qemu_binary() is None and "qemu-system-x86" not in missing:
+        missing.append("qemu-system-x86")
+    if missing:
+        return "missing " + ", ".join(missing) + " (run tests/e2e/setup-deps.sh)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = str(HERE)
+    ours = [it for it in items if str(it.path).startswith(here)]
+    if not ours:
+        return
+    reason = None
+    if not _wanted(config):
+        reason = "end-to-end boots are opt-in: pytest -m e2e (or DUMPSAVER_E2E=1)"
+    else:
+        reason = _missing()
+    for it in ours:
+        it.add_marker(pytest.mark.e2e)
+        if reason:
+            it.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def e2e_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("DUMPSAVER_E2E_WORK")
+    if env:
+        p = Path(env)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def e2e_timings() -> dict[str, float]:
+    """Measured numbers, printed at the end of the session (and written to timings.json)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def dumpsaver_deb(e2e_workdir: Path, e2e_timings: dict[str, float]) -> Path:
+    env = os.environ.get("DUMPSAVER_E2E_DEB")
+    if env:
+        return Path(env)
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [str(REPO / "packaging" / "build-deb.sh"), str(e2e_workdir / "deb")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.fail("packaging/build-deb.sh failed:\n" + r.stderr[-4000:])
+    e2e_timings["deb_build_s"] = round(time.monotonic() - t0, 1)
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def guest(
+    dumpsaver_deb: Path, e2e_workdir: Path, e2e_timings: dict[str, float]
+) -> guest_image.GuestImage:
+    cache = guest_image.default_cache_dir()
+    t0 = time.monotonic()
+    base = guest_image.build_rootfs(cache)
+    e2e_timings["rootfs_s"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
+    img = guest_image.build_session_image(base, dumpsaver_deb, e2e_workdir)
+    e2e_timings["image_s"] = round(time.monotonic() - t0, 1)
+    return img
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    timings = getattr(config, "_e2e_timings", None)
+    if timings:
+        terminalreporter.write_sep("-", "e2e timings")
+        for k, v in timings.items():
+            terminalreporter.write_line(f"{k}: {v}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _publish_timings(request: pytest.FixtureRequest, e2e_timings: dict[str, float]) -> None:
+    request.config._e2e_timings = e2e_timings  # type: ignore[attr-defined]
