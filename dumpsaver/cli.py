@@ -199,7 +199,11 @@ def cmd_save(ctx: Ctx) -> int:
         mem.close()
     print(f"dumpsaver: {res.status}: {res.dump_dir}")
     code = EXIT_OK if res.status in ("saved", "already-saved") else EXIT_INCOMPLETE
-    if not a.no_restart and ctx.cfg.restart != "continue" and not a.keep:
+    from dumpsaver import selftest
+
+    if selftest.is_selftest(ctx.state_dir, did):
+        print("dumpsaver: that was the test dump of 'dumpsaver test': no restart needed")
+    elif not a.no_restart and ctx.cfg.restart != "continue" and not a.keep:
         _restart(ctx.cfg.restart)
     return code
 
@@ -277,6 +281,14 @@ def _status(ctx: Ctx) -> dict[str, Any]:
     out["failed_attempts"] = state.load(ctx.state_dir) or None
     out["max_attempts"] = ctx.cfg.max_attempts
     out["restart"] = ctx.cfg.restart
+    from dumpsaver import selftest
+
+    rec = selftest.pending(ctx.state_dir)
+    if rec is not None:
+        v = selftest.verify(rec, [(ctx.dest / n, i) for n, i in save_mod.saved_dumps(ctx.dest)])
+        out["selftest"] = {"ok": v.ok, "result": v.text, "dump_id": rec.get("dump_id")}
+    else:
+        out["selftest"] = None
     out["unit"] = None
     try:
         from dumpsaver import restart
@@ -322,6 +334,9 @@ def cmd_status(ctx: Ctx) -> int:
     if free is not None and free < s["minfree"]:
         p("             WARNING: free space is below minfree: a dump would not be saved")
     p(f"after save:  {s['restart']}")
+    t = s["selftest"]
+    if t:
+        p(f"self-test:   {'PASSED' if t['ok'] else 'NOT PASSED'}: {t['result']}")
     u = s["unit"]
     if u:
         p(f"last run:    {u}")
@@ -380,6 +395,28 @@ def cmd_info(ctx: Ctx) -> int:
         text = json.dumps(v) if isinstance(v, dict | list) else str(v)
         print(f"{k + ':':<22}{clean_text(text, 2000)}")
     print(f"{'path:':<22}{ctx.dest / name}")
+    return EXIT_OK
+
+
+# -- test -------------------------------------------------------------------------------
+
+
+def cmd_test(ctx: Ctx) -> int:
+    from dumpsaver import selftest
+
+    cands = [c for c in ctx.candidates() if c.method != "sysfs"]
+    if not cands:
+        raise DumpsaverError(
+            "no reserved region to test with",
+            hint="boot with memmap=16M$0x30000000 (or name a region in the configuration)",
+        )
+    rec = selftest.start(cands[0], ctx.mem, ctx.state_dir, memory=parse_size(ctx.args.memory))
+    print(f"dumpsaver: wrote test dump {rec['dump_id']} ({rec['saved_pages']} pages) into "
+          f"{cands[0].source}")
+    if ctx.args.no_reboot:
+        print("dumpsaver: now warm-reboot; then 'dumpsaver status' shows the result")
+        return EXIT_OK
+    _restart("reboot")
     return EXIT_OK
 
 
@@ -455,6 +492,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", type=Path)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("test", help="write a test dump into the reserved region and "
+                       "warm-reboot: the next boot's status shows whether it came back intact")
+    _add_location(s)
+    s.add_argument("--memory", default="64M", help="simulated machine size (default: %(default)s)")
+    s.add_argument("--no-reboot", action="store_true", help="write the dump, do not reboot")
+    s.set_defaults(func=cmd_test)
 
     s = sub.add_parser("simulate", help="crash a simulated machine (for tests and trials)")
     s.add_argument("--memory", default="512M", help="memory size (default: %(default)s)")

@@ -353,6 +353,7 @@ def simulate(
     target_mem: str | None = None,
     target_region: tuple[int, int] | None = None,
     crash_time_ns: int | None = None,
+    ground_truth: bool = True,
 ) -> dict[str, object]:
     """Crash a simulated machine; write the files described in the module docstring."""
     if profile not in PROFILES:
@@ -361,7 +362,8 @@ def simulate(
     m = Machine(memory, prof, seed)
     into.mkdir(parents=True, exist_ok=True)
     fill = prof.name != "sparse"
-    write_image(into / "before.mem", m, fill_excluded=fill)
+    if ground_truth:
+        write_image(into / "before.mem", m, fill_excluded=fill)
     if target_mem is not None:
         if target_region is None:
             raise DumpsaverError("--target-mem needs --target-region START:SIZE")
