@@ -437,9 +437,20 @@ def cmd_simulate(ctx: Ctx) -> int:
     except KeyError:
         raise DumpsaverError(f"unknown codec {a.codec!r}", hint="zlib, zstd or lz4",
                              exit_code=EXIT_USAGE) from None
+    from dumpsaver.format import PageClass
+
+    try:
+        names = [n.strip().upper() for n in a.exclude.split(",") if n.strip()]
+        excluded = frozenset(PageClass[n] for n in names)
+    except KeyError as e:
+        raise DumpsaverError(f"unknown page class {e.args[0].lower()!r}", exit_code=EXIT_USAGE,
+                             hint=", ".join(c.label for c in PageClass)) from None
+    if PageClass.LOCKED in excluded:
+        raise DumpsaverError("locked pages cannot be excluded (they are never dump space)",
+                             exit_code=EXIT_USAGE)
     m = simulate.simulate(
         a.into, memory=parse_size(a.memory), profile=a.profile, seed=a.seed, codec=codec,
-        panic=a.panic, target_mem=a.target_mem, target_region=region,
+        panic=a.panic, target_mem=a.target_mem, target_region=region, excluded=excluded,
     )
     print(f"simulated a {a.memory} {a.profile} machine (seed {a.seed}): "
           f"{m['saved_pages']} pages saved in {human(int(str(m['compressed_bytes'])))} "
@@ -506,6 +517,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--codec", default="zlib", help="zlib, zstd or lz4 (default: %(default)s)")
     s.add_argument("--panic", default="sysrq triggered crash", help="the panic string")
+    s.add_argument("--exclude", default="free,user_anon,user_shared,file_cache",
+                   help="page classes not saved, like makedumpfile's dump level; they are also "
+                   "where the dump goes (default: %(default)s)")
     s.add_argument("--into", type=Path, required=True, help="output directory")
     s.add_argument("--target-mem", help="write the dump into this memory device (/dev/mem)")
     s.add_argument("--target-region", metavar="START:SIZE",

@@ -314,15 +314,15 @@ def _read_directory(mem: PhysMem, h: fmt.Header) -> Iterator[fmt.Entry]:
             yield e
 
 
-def write_image(path: Path, m: Machine, *, fill_excluded: bool) -> None:
-    """Write the machine's memory to ``path`` (sparse: zero pages are holes)."""
+def write_image(path: Path, m: Machine, *, skip: frozenset[PC] = frozenset()) -> None:
+    """Write the machine's memory to ``path`` (sparse: zero pages are holes).  Pages of
+    the ``skip`` classes are left as holes too (big machines whose free memory is empty)."""
     ps = m.page_size
     zero = bytes(ps)
     with open(path, "wb") as f:
         f.truncate(m.pages * ps)
         for pfn in range(m.pages):
-            c = m.classes[pfn]
-            if not fill_excluded and c in fmt.DEFAULT_EXCLUDED:
+            if m.classes[pfn] in skip:
                 continue
             data = m.page(pfn)
             if data != zero:
@@ -361,9 +361,9 @@ def simulate(
     prof = PROFILES[profile]
     m = Machine(memory, prof, seed)
     into.mkdir(parents=True, exist_ok=True)
-    fill = prof.name != "sparse"
+    skip = excluded if prof.name == "sparse" else frozenset()
     if ground_truth:
-        write_image(into / "before.mem", m, fill_excluded=fill)
+        write_image(into / "before.mem", m, skip=skip)
     if target_mem is not None:
         if target_region is None:
             raise DumpsaverError("--target-mem needs --target-region START:SIZE")
@@ -374,7 +374,7 @@ def simulate(
                       crash_time_ns=crash_time_ns)
     else:
         mem_path = into / "mem"
-        write_image(mem_path, m, fill_excluded=fill)
+        write_image(mem_path, m, skip=skip)
         lo = min_addr if min_addr is not None else min(memory // 4, 64 << 20)
         gap = margin if margin is not None else min(memory // 16, 16 << 20)
         extents = destination_extents(m, excluded, lo, gap)

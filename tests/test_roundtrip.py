@@ -107,3 +107,26 @@ def test_prstatus_registers_survive(make_sim, tmp_path) -> None:  # type: ignore
     for blob in regs_in_memory:
         assert elfnote.note(b"CORE", elfnote.NT.PRSTATUS, blob) in data
         assert elfnote.prstatus_regs(blob)["rip"] >> 32 == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("profile", ["idle", "sparse"])
+def test_lower_dump_level_keeps_user_pages(make_sim, tmp_path, profile) -> None:  # type: ignore[no-untyped-def]
+    """Like makedumpfile's lower dump levels: exclude only free pages."""
+    from dumpsaver.format import PageClass as PC
+
+    sim = make_sim(memory=32 << 20, profile=profile, seed=9, excluded=frozenset({PC.FREE}))
+    classes = sim.manifest["classes"]
+    assert sim.manifest["saved_pages"] == sum(n for c, n in classes.items() if c != "free")
+    res = save_sim(sim, tmp_path / "dumps")
+    vmcore, info = _saved(res.dump_dir)
+    assert info["pages"]["excluded_by_class"] == {"free": classes["free"]}  # type: ignore[index]
+    check_against_truth(vmcore, sim)
+
+
+def test_cli_exclude_names_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import run_cli
+
+    r = run_cli("simulate", "--memory", "8M", "--exclude", "free,cats", "--into", str(tmp_path))
+    assert r.returncode == 2 and "unknown page class 'cats'" in r.stderr
+    r = run_cli("simulate", "--memory", "8M", "--exclude", "locked", "--into", str(tmp_path))
+    assert r.returncode == 2 and "locked pages cannot be excluded" in r.stderr
