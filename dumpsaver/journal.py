@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -113,12 +111,27 @@ class JournalHandler(logging.Handler):
 
     def __init__(self, sender: Sender | None = None, identifier: str = SYSLOG_IDENTIFIER):
         super().__init__()
-        if sender is None:
+        self._sender = sender
+        self.identifier = identifier
+
+    @property
+    def sender(self) -> Sender:
+        # Imported on the first record, not at setup: a boot with nothing to say (no
+        # dump) never pays for systemd.journal.
+        if self._sender is None:
             from systemd import journal  # optional dependency
 
-            sender = journal.send
-        self.sender = sender
-        self.identifier = identifier
+            self._sender = journal.send
+        return self._sender
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec("systemd.journal") is not None
+        except ImportError:
+            return False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -130,6 +143,8 @@ class JournalHandler(logging.Handler):
                 "CODE_FUNC": record.funcName,
             }
             if record.exc_info and record.exc_info[0] is not None:
+                import traceback
+
                 fields["EXCEPTION_TEXT"] = "".join(traceback.format_exception(*record.exc_info))
             extra = getattr(record, "journal_fields", None)
             if extra:
@@ -214,11 +229,8 @@ def setup_logging(
     handler: logging.Handler | None = None
     if sender is not None:
         handler = JournalHandler(sender)
-    elif running_under_systemd(env):
-        try:
-            handler = JournalHandler()
-        except ImportError:
-            handler = None
+    elif running_under_systemd(env) and JournalHandler.available():
+        handler = JournalHandler()
     if handler is None:
         handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
         handler.setFormatter(
@@ -258,6 +270,8 @@ def _raw_notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
     if not addr or addr[0] not in "/@":
         return False
     target = "\0" + addr[1:] if addr[0] == "@" else addr
+    import socket  # only here: the no-dump boot path never needs it
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.sendto(state.encode(), target)
