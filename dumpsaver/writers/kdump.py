@@ -15,8 +15,8 @@ The point of the format here: the panic side compressed every page on its own,
 as a zlib stream or a zstd frame, exactly what makedumpfile stores per page.  So
 for those codecs the saver copies the stored bytes from memory into the file
 without decompressing or recompressing anything.  lz4 has no kdump flag: those
-pages are decompressed and recompressed with zlib at level 1 (see
-docs/performance.md for why not raw).
+pages are decompressed and stored raw (docs/performance.md says why not
+recompressed).
 
 One pass over the pages (pass two of the decoder), with bounded memory: the
 page_desc array and the page data are two sequential streams in two regions of
@@ -94,8 +94,11 @@ CLASS_LEVEL = {
 
 #: Codecs whose stored pages are copied unchanged, and the flag saying how to read them.
 PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
-#: zlib level for the pages that must be recompressed (lz4 dumps).
-RECOMPRESS_LEVEL = 1
+#: Pages of other codecs (lz4) are decompressed and stored raw (flags 0), as
+#: ``makedumpfile -d N`` without -c does: on the machines measured, zlib at level 1
+#: costs several times more CPU than writing the bigger file takes (docs/performance.md).
+#: A zlib level here recompresses them instead.
+RECOMPRESS_LEVEL: int | None = None
 
 DESC_FLUSH = 1 << 20
 DATA_FLUSH = 4 << 20
@@ -279,7 +282,7 @@ def write_kdump(
     h = dump.header
     bs = h.page_size
     lay = Layout(dump, scan)
-    copy_flag = int(PASSTHROUGH.get(h.codec, DH.COMPRESSED_ZLIB))
+    copy_flag = int(PASSTHROUGH.get(h.codec, 0))
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
@@ -333,10 +336,10 @@ def write_kdump(
                 desc.add(zero_desc)
                 lost += 1
             else:
-                z = zlib.compress(page, RECOMPRESS_LEVEL)
-                if len(z) < bs:
-                    desc.add(pack(data.pos, len(z), copy_flag, 0))
-                    used_flags |= copy_flag
+                z = zlib.compress(page, RECOMPRESS_LEVEL) if RECOMPRESS_LEVEL is not None else b""
+                if z and len(z) < bs:
+                    desc.add(pack(data.pos, len(z), int(DH.COMPRESSED_ZLIB), 0))
+                    used_flags |= DH.COMPRESSED_ZLIB
                     data.add(z)
                 else:
                     desc.add(pack(data.pos, bs, 0, 0))
@@ -353,7 +356,7 @@ def write_kdump(
     data.flush()
     assert desc.pos == lay.data_off, (desc.pos, lay.data_off)
 
-    status = used_flags or copy_flag
+    status = copy_flag | int(used_flags)
     if incomplete or lost:
         status |= DH.COMPRESSED_INCOMPLETE
     dh, sub = headers(dump, lay, status)
