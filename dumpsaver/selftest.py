@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dumpsaver import elfnote as E
+from dumpsaver import state
 from dumpsaver.errors import DumpsaverError, FormatError
 from dumpsaver.locate import Candidate
 from dumpsaver.physmem import PhysMem
@@ -59,17 +59,7 @@ def start(
     record = {"dump_id": manifest["dump_id"], "seed": seed, "memory": memory, "profile": "idle",
               "saved_pages": manifest["saved_pages"], "region": [region.start, region.end],
               "truncated": manifest["truncated"]}
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = state_dir / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / RECORD)
-    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    state.write_json(state_dir, RECORD, record)
     return record
 
 

@@ -35,25 +35,30 @@ def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
     count = attempts_for(state_dir, dump_id) + 1
     data = {"dump_id": dump_id, "count": count, "reason": reason,
             "time": datetime.now(UTC).isoformat()}
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = state_dir / (FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
+    with contextlib.suppress(OSError):  # a read-only /var must not turn a failure into a crash
+        write_json(state_dir, FILE, data, checkpoint_name="state")
+    return count
+
+
+def write_json(state_dir: Path, name: str, data: dict[str, Any], *,
+               checkpoint_name: str | None = None) -> None:
+    """Write state_dir/name durably: temp file, fsync, rename, fsync the directory."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = state_dir / (name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if checkpoint_name:
         from dumpsaver.save import checkpoint  # fault injection (interruption tests)
 
-        checkpoint("state")
-        os.replace(tmp, state_dir / FILE)
-        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # a read-only /var must not turn a failed save into a crash
-    return count
+        checkpoint(checkpoint_name)
+    os.replace(tmp, state_dir / name)
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def clear(state_dir: Path) -> None:
