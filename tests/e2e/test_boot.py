@@ -327,6 +327,54 @@ def test_nospace_failure_recorded_and_dump_kept(nospace: Scenario) -> None:
     assert nospace.state is not None and any(nospace.state.iterdir())
 
 
+# --- scenario 3: dumpsaver test (the self-test, no real panic) --------------------------
+
+SELFTEST_SCENARIO = """\
+#!/bin/sh
+case "$1" in
+1)
+    # writes a simulated dump into the memmap= region, then asks systemd for a reboot
+    dumpsaver test > "$2/test.out" 2>&1
+    echo "$?" > "$2/test.rc"
+    sync
+    sleep 120  # the clean reboot stops us
+    ;;
+*)
+    systemctl poweroff
+    ;;
+esac
+"""
+
+
+@pytest.fixture(scope="module")
+def selftest(
+    guest: guest_image.GuestImage, e2e_workdir: Path, e2e_timings: dict[str, float]
+) -> Scenario:
+    if os.environ.get("DUMPSAVER_E2E_SKIP_SELFTEST") == "1":
+        pytest.skip("DUMPSAVER_E2E_SKIP_SELFTEST=1")
+    sc = run_scenario(
+        guest, e2e_workdir, "selftest", {"/e2e/scenario.sh": SELFTEST_SCENARIO}, e2e_timings
+    )
+    (sc.workdir / "summary.txt").write_text(sc.explain())
+    return sc
+
+
+def test_selftest_reboots_saves_and_status_says_passed(selftest: Scenario) -> None:
+    assert not selftest.run.timed_out, selftest.explain()
+    assert selftest.run.returncode == 0, selftest.explain()
+    run1 = selftest.run_dir(1)
+    assert (run1 / "test.rc").read_text().strip() == "0", (run1 / "test.out").read_text()
+    # boot 1: test dump written, clean warm reboot; boot 2: saved, no restart, status
+    assert selftest.run.kernel_boots == 2, selftest.explain()
+    assert selftest.runs() == 2, selftest.explain()
+    boot1, boot2 = selftest.boots[0], selftest.boots[1]
+    assert boot1.has_event("restart-requested")
+    assert boot2.has_event("saved") and not boot2.has_event("restart-requested")
+    st = selftest.status(2)
+    assert st is not None and st.get("selftest"), st
+    assert st["selftest"]["ok"] is True, st["selftest"]
+
+
 def test_report_timings(e2e_timings: dict[str, float], e2e_workdir: Path) -> None:
     """Not a check: writes the measured numbers next to the evidence."""
     (e2e_workdir / "timings.json").write_text(json.dumps(e2e_timings, indent=2) + "\n")
