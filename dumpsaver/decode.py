@@ -101,6 +101,10 @@ class Dump:
         size = fmt.peek_header_size(fixed)
         block = fixed + mem.read(header_paddr + fmt.FIXED_SIZE, size - fmt.FIXED_SIZE)
         self.header = h = fmt.decode_header(block, force=force)
+        (crc,) = fmt.CRC.unpack_from(block, size - fmt.CRC.size)
+        #: False when ``force`` accepted a header that failed its checksum: its counts
+        #: (entries, sizes) may be wrong, so such a dump is never called complete.
+        self.header_ok = crc == fmt.page_crc(block[: size - fmt.CRC.size])
         if h.extents[0].paddr != header_paddr:
             raise FormatError(
                 f"dump header at {header_paddr:#x} says its area starts at {h.extents[0].paddr:#x}"

@@ -237,6 +237,11 @@ def build_info(
         )
     if scan.nr_damaged:
         reasons.append(f"{scan.nr_damaged} damaged pages were left out")
+    if not dump.header_ok:
+        reasons.append(
+            "the dump header failed its checksum and was accepted with --force: its counts "
+            "may be wrong, pages may be missing"
+        )
     if not dump.meta_ok:
         reasons.append("the meta data (panic string, registers, log) failed its checksum")
     excluded = {c.label: h.class_pages[c] for c in fmt.PageClass if c in h.excluded}

@@ -20,6 +20,7 @@ from dumpsaver.writers import Progress, Written
 DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR
 FLUSH = 4 << 20
 EF_INCOMPLETE = 0x1  # makedumpfile's mark of a partial ELF dump
+E_FLAGS_OFFSET = 48  # of e_flags in the ELF64 header
 
 
 def _layout(dump: Dump, scan: Scan) -> tuple[int, int, bytes]:
@@ -69,7 +70,8 @@ class ElfWriter:
         else:
             e_phnum, shoff, shnum, shdr0 = phnum, 0, 0, b""
         ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-        flags = EF_INCOMPLETE if (h.truncated or scan.nr_damaged) else 0
+        incomplete = h.truncated or scan.nr_damaged or not (dump.meta_ok and dump.header_ok)
+        flags = EF_INCOMPLETE if incomplete else 0
         ehdr = E.EHDR.pack(ident, E.ET.CORE, machine, 1, 0, E.EHDR.size, shoff, flags,
                            E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)
         head = ehdr + b"".join(phdrs) + notes + shdr0
@@ -116,6 +118,8 @@ class ElfWriter:
                 progress(done, total_pages)
         if buf:
             _pwrite_all(fd, buf, buf_at)
+        if not flags and scan.nr_damaged:  # pages that failed only in pass two
+            _pwrite_all(fd, EF_INCOMPLETE.to_bytes(4, "little"), E_FLAGS_OFFSET)
         if progress is not None:
             progress(done, total_pages)
         return Written(total, done)

@@ -286,7 +286,7 @@ def write_kdump(
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
-    incomplete = h.truncated or scan.nr_damaged > 0 or not dump.meta_ok
+    incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
 
     # Bitmaps first: fixed by pass one.
     _write_ram_bitmap(sink, lay.bitmap_off, h.mem_pages, lay.bitmap_bytes)
