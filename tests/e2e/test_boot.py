@@ -163,8 +163,8 @@ def run_scenario(
 def crash(
     guest: guest_image.GuestImage, e2e_workdir: Path, e2e_timings: dict[str, float]
 ) -> Scenario:
-    sc = run_scenario(guest, e2e_workdir, "crash", {"/e2e/scenario.sh": CRASH_SCENARIO},
-                      e2e_timings)  # fmt: skip
+    files = {"/e2e/scenario.sh": CRASH_SCENARIO, "/e2e/diagnostics": "1\n"}
+    sc = run_scenario(guest, e2e_workdir, "crash", files, e2e_timings)
     (sc.workdir / "summary.txt").write_text(sc.explain())
     return sc
 
