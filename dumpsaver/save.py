@@ -116,8 +116,11 @@ def ensure_dest(dest: Path) -> int:
 
 @contextlib.contextmanager
 def locked(dest_fd: int, dest: Path, wait: float) -> Iterator[None]:
-    fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
-                 dir_fd=dest_fd)
+    try:
+        fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                     dir_fd=dest_fd)
+    except OSError as e:  # a read-only or full /var, a symlink planted as .lock
+        raise _space_error(e, dest, 0) from None
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -210,13 +213,18 @@ def _write_small(dir_fd: int, name: str, data: bytes) -> None:
 
 def _space_error(e: OSError, dest: Path, need: int) -> DumpsaverError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        about = f" (about {human(need)} needed)" if need else ""
         return DumpsaverError(
-            f"{dest} ran out of space while saving (about {human(need)} needed): the dump "
-            "stays in memory",
+            f"{dest} ran out of space while saving{about}: the dump stays in memory",
             hint="free space there or set dump_dir elsewhere, then run dumpsaver save",
             exit_code=EXIT_NO_SPACE,
         )
-    hint = "the file system is read-only" if e.errno == errno.EROFS else None
+    hint = {
+        errno.EROFS: "the file system is read-only: remount it read-write or set dump_dir "
+        "elsewhere, then run dumpsaver save",
+        errno.EIO: "the disk reported an I/O error (see the kernel log): fix or replace it, "
+        "or set dump_dir elsewhere, then run dumpsaver save",
+    }.get(e.errno or 0, "fix the cause, then run dumpsaver save")
     return DumpsaverError(
         f"cannot write the dump into {dest}: {e.strerror}; the dump stays in memory", hint
     )
@@ -284,8 +292,13 @@ def release(cand: Candidate, mem_path: str) -> None:
     """Invalidate the header in memory, then hand the pages back (sysfs)."""
     with PhysMem(mem_path, cand.ranges, writable=True) as mem:
         mem.write(cand.header, fmt.SAVED_MAGIC)
-        if os.path.isfile(mem_path):
-            os.fsync(mem.fd)  # an image file in tests; /dev/mem needs (and allows) no fsync
+        if os.path.isfile(mem_path):  # an image file in tests; /dev/mem needs no fsync
+            try:
+                os.fsync(mem.fd)
+            except OSError as e:
+                raise DumpsaverError(
+                    f"cannot invalidate the dump header in {mem_path}: {e.strerror}"
+                ) from None
     checkpoint("release-sysfs")
     release_sysfs(cand)
 
@@ -339,7 +352,13 @@ def save(
             for stale in os.listdir(dest_fd):
                 if stale.startswith(TMP_PREFIX):
                     log.info("removing %s left by an interrupted save", stale)
-                    _rmtree_at(dest_fd, stale)
+                    try:
+                        if stat.S_ISDIR(os.lstat(stale, dir_fd=dest_fd).st_mode):
+                            _rmtree_at(dest_fd, stale)
+                        else:  # a symlink or file planted under our name: never followed
+                            os.unlink(stale, dir_fd=dest_fd)
+                    except OSError as e:
+                        raise _space_error(e, dest, 0) from None
             checkpoint("scan")
             scan = dump.scan()
             need = writer.estimate(dump, scan) + len(dump.meta.dmesg) + 65536
@@ -372,7 +391,14 @@ def save(
                           f"{'complete' if info['complete'] else 'INCOMPLETE'})")
             checkpoint("release")
             if not keep:
-                release(cand, mem_path)
+                try:
+                    release(cand, mem_path)
+                except DumpsaverError as e:
+                    raise DumpsaverError(
+                        f"saved dump {final}, but could not release the dump area: {e.message}",
+                        hint="the next dumpsaver save finds the dump already saved and "
+                        "releases it",
+                    ) from None
                 event("released", f"released the dump area ({cand.release_action})")
             checkpoint("retention")
             vacuum(dest, dest_fd, cfg, protect=final)
