@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from dumpsaver.decode import Dump, Scan
 from dumpsaver.errors import DumpsaverError
 from dumpsaver.writers import Progress, Written
-from dumpsaver.writers.kdump import BITMAP_CHUNK, DATA_FLUSH, DESC_FLUSH, PAGE_DESC, Layout
+from dumpsaver.writers.kdump import BITMAP_CHUNK, DATA_FLUSH, DESC_BATCH, Layout
 from dumpsaver.writers.kdump import write_kdump as _write_kdump
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def estimate(dump: Dump, scan: Scan) -> int:
     records = (
         2  # header block, sub header and notes
         + 2 * (lay.bitmap_bytes // BITMAP_CHUNK + 2)
-        + lay.nr_desc * PAGE_DESC.size // DESC_FLUSH + 1
+        + lay.nr_desc // DESC_BATCH + 1
         + data // DATA_FLUSH + 1
     )
     return HEADER_SIZE + lay.max_size + RECORD.size * (records + 1)

@@ -36,7 +36,6 @@ import enum
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from typing import Protocol
 
 from dumpsaver import elfnote as E
@@ -100,7 +99,7 @@ PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
 #: A zlib level here recompresses them instead.
 RECOMPRESS_LEVEL: int | None = None
 
-DESC_FLUSH = 1 << 20
+DESC_BATCH = 8192  # page_desc entries per write (192 KiB)
 DATA_FLUSH = 4 << 20
 BITMAP_CHUNK = 1 << 20
 MACHINES: dict[int, str] = {E.EM.X86_64: "x86_64", E.EM.AARCH64: "aarch64"}
@@ -124,31 +123,6 @@ class FileSink:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
-
-
-class _Stream:
-    """A sequential region of the file written through a buffer (page_desc or data)."""
-
-    def __init__(self, sink: Sink, offset: int, flush: int) -> None:
-        self.sink = sink
-        self.at = offset  # file offset of buf[0]
-        self.buf = bytearray()
-        self.limit = flush
-
-    @property
-    def pos(self) -> int:
-        return self.at + len(self.buf)
-
-    def add(self, data: bytes | bytearray) -> None:
-        self.buf += data
-        if len(self.buf) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buf:
-            self.sink.write_at(self.at, self.buf)
-            self.at += len(self.buf)
-            self.buf = bytearray()
 
 
 # -- layout -------------------------------------------------------------------------
@@ -270,11 +244,6 @@ def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> N
 # -- the pages ----------------------------------------------------------------------
 
 
-def _pfns(scan: Scan) -> Iterator[int]:
-    for first, count in scan.iter_runs():
-        yield from range(first, first + count)
-
-
 def write_kdump(
     sink: Sink, dump: Dump, scan: Scan, progress: Progress | None
 ) -> tuple[Written, int]:
@@ -295,66 +264,93 @@ def write_kdump(
         sink.write_at(lay.bitmap_off + lay.bitmap_bytes + i, bm[i : i + BITMAP_CHUNK])
     del bm
 
-    desc = _Stream(sink, lay.desc_off, DESC_FLUSH)
-    data = _Stream(sink, lay.data_off, DATA_FLUSH)
-    data.add(bytes(bs))
     zero_desc = PAGE_DESC.pack(lay.zero_off, bs, 0, 0)
     pack = PAGE_DESC.pack
+    zero_flag, raw_flag = int(fmt.EntryFlag.ZERO), int(fmt.EntryFlag.RAW)
+    # Two sequential streams: page_desc entries from desc_off, page data from data_off
+    # (the shared zero page first).  Buffered as lists of pieces, joined at each flush.
+    descs: list[bytes] = []
+    desc_at = lay.desc_off
+    chunks: list[bytes] = [bytes(bs)]
+    chunk_bytes = bs
+    data_at = lay.data_off
     used_flags = 0
-    expect = _pfns(scan)
     done = 0
     total = scan.good
     lost = 0  # pages the layout promised but pass two could not deliver
 
-    for e, stored in dump.stored_pages(scan):
-        pfn = next(expect, None)
-        while pfn is not None and pfn < e.pfn:  # an entry went bad since pass one
-            scan.note_damage("directory entry changed between passes", pfn)
-            desc.add(zero_desc)
+    runs = scan.iter_runs()
+    first, count = next(runs, (-1, 0))
+    want, end = first, first + count  # the next pfn the layout expects, the end of its run
+
+    def skip_to(pfn: int) -> None:
+        """Pages pass one found but pass two does not (their entries went bad): zeros."""
+        nonlocal want, end, first, count, done, lost
+        while want != -1 and (pfn == -1 or want < pfn):
+            scan.note_damage("directory entry changed between passes", want)
+            descs.append(zero_desc)
             lost += 1
             done += 1
-            pfn = next(expect, None)
-        if pfn is None:
-            break
+            want += 1
+            if want == end:
+                first, count = next(runs, (-1, 0))
+                want, end = first, first + count
+
+    for e, stored in dump.stored_pages(scan):
+        if e.pfn != want:
+            skip_to(e.pfn)
+        flags = e.flags
         if stored is None:  # counted by stored_pages
-            desc.add(zero_desc)
+            descs.append(zero_desc)
             lost += 1
-        elif e.zero:
-            desc.add(zero_desc)
-        elif e.raw:
-            desc.add(pack(data.pos, bs, 0, 0))
-            data.add(stored)
-        elif decompress is None:
-            desc.add(pack(data.pos, len(stored), copy_flag, 0))
-            used_flags |= copy_flag
-            data.add(stored)
+        elif flags & zero_flag:
+            descs.append(zero_desc)
+        elif decompress is None or flags & raw_flag:
+            n = len(stored)
+            descs.append(pack(data_at + chunk_bytes, n, 0 if flags & raw_flag else copy_flag, 0))
+            chunks.append(stored)
+            chunk_bytes += n
         else:
             try:
                 page = decompress(stored)
             except CodecError:
                 scan.note_damage("page does not decompress", e.pfn)
-                desc.add(zero_desc)
+                descs.append(zero_desc)
                 lost += 1
             else:
                 z = zlib.compress(page, RECOMPRESS_LEVEL) if RECOMPRESS_LEVEL is not None else b""
                 if z and len(z) < bs:
-                    desc.add(pack(data.pos, len(z), int(DH.COMPRESSED_ZLIB), 0))
+                    descs.append(pack(data_at + chunk_bytes, len(z), int(DH.COMPRESSED_ZLIB), 0))
                     used_flags |= DH.COMPRESSED_ZLIB
-                    data.add(z)
+                    chunks.append(z)
+                    chunk_bytes += len(z)
                 else:
-                    desc.add(pack(data.pos, bs, 0, 0))
-                    data.add(page)
+                    descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
+                    chunks.append(page)
+                    chunk_bytes += bs
+        want += 1
+        if want == end:
+            first, count = next(runs, (-1, 0))
+            want, end = first, first + count
         done += 1
-        if progress is not None and done % 4096 == 0:
-            progress(done, total)
-    for pfn in expect:  # the directory ended early since pass one
-        scan.note_damage("directory entry changed between passes", pfn)
-        desc.add(zero_desc)
-        lost += 1
-        done += 1
-    desc.flush()
-    data.flush()
-    assert desc.pos == lay.data_off, (desc.pos, lay.data_off)
+        if chunk_bytes >= DATA_FLUSH:
+            sink.write_at(data_at, b"".join(chunks))
+            data_at += chunk_bytes
+            chunks, chunk_bytes = [], 0
+        if len(descs) >= DESC_BATCH:
+            sink.write_at(desc_at, b"".join(descs))
+            desc_at += len(descs) * PAGE_DESC.size
+            descs = []
+            if progress is not None:
+                progress(done, total)
+    skip_to(-1)  # the directory ended early since pass one
+    if descs:
+        sink.write_at(desc_at, b"".join(descs))
+        desc_at += len(descs) * PAGE_DESC.size
+    if chunks:
+        sink.write_at(data_at, b"".join(chunks))
+        data_at += chunk_bytes
+    assert desc_at == lay.data_off, (desc_at, lay.data_off)
 
     status = copy_flag | int(used_flags)
     if incomplete or lost:
@@ -364,7 +360,7 @@ def write_kdump(
     sink.write_at(0, dh)  # last: the header describes what is now there
     if progress is not None:
         progress(done, total)
-    return Written(data.pos, done), status
+    return Written(data_at, done), status
 
 
 class KdumpWriter:
