@@ -201,13 +201,16 @@ class Bench:
                              m["saved_pages"], "wall": run.wall, "cpu": run.cpu})
             shutil.rmtree(sim)
         fit = {}
-        for fmt, xy in pts.items():
-            if len(xy) >= 2:
-                xs, ys = [p[0] for p in xy], [p[1] for p in xy]
+        for fmt in pts:
+            for what in ("wall", "cpu"):
+                xs = [float(r["saved_pages"]) for r in rows if r["format"] == fmt]
+                ys = [float(r[what]) for r in rows if r["format"] == fmt]
+                if len(xs) < 2:
+                    continue
                 s, c = statistics.linear_regression(xs, ys)
-                r2 = statistics.correlation(xs, ys) ** 2 if len(xy) > 2 else 1.0
-                fit[fmt] = {"seconds_per_1000_pages": s * 1000, "intercept_s": c, "r2": r2,
-                            "MB_per_s": 4096 / 1e6 / s if s > 0 else None}
+                r2 = statistics.correlation(xs, ys) ** 2 if len(xs) > 2 else 1.0
+                fit[f"{fmt}-{what}"] = {"seconds_per_1000_pages": s * 1000, "intercept_s": c,
+                                        "r2": r2, "MB_per_s": 4096 / 1e6 / s if s > 0 else None}
         self.results["slope"] = {"profile": profile, "points": rows, "fit": fit}
 
     def sizes_per_codec(self, memory: str) -> None:
@@ -437,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if part("rss"):
             b.rss(["256M", "1G"] if quick else ["1G", "8G", "32G"])
         if part("slope"):
-            b.slope(["32M", "64M", "128M"] if quick else ["256M", "512M", "1G", "2G"], "idle")
+            b.slope(["32M", "64M", "128M"] if quick else ["256M", "512M", "1G", "2G", "4G"],
+                    "idle")
         if part("sizes"):
             b.sizes_per_codec("64M" if quick else "510M")
         if part("codecs"):
