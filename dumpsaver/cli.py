@@ -393,8 +393,8 @@ def cmd_info(ctx: Ctx) -> int:
         return EXIT_OK
     for k, v in info.items():
         text = json.dumps(v) if isinstance(v, dict | list) else str(v)
-        print(f"{k + ':':<22}{clean_text(text, 2000)}")
-    print(f"{'path:':<22}{ctx.dest / name}")
+        print(f"{clean_text(str(k), 40) + ':':<22}{clean_text(text, 2000)}")
+    print(f"{'path:':<22}{clean_text(str(ctx.dest / name), 1000)}")
     return EXIT_OK
 
 

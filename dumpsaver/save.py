@@ -351,7 +351,7 @@ def save(
                     return Result("already-saved", dest / other, info, released=not keep)
             for stale in os.listdir(dest_fd):
                 if stale.startswith(TMP_PREFIX):
-                    log.info("removing %s left by an interrupted save", stale)
+                    log.info("removing %s left by an interrupted save", clean_text(stale, 200))
                     try:
                         if stat.S_ISDIR(os.lstat(stale, dir_fd=dest_fd).st_mode):
                             _rmtree_at(dest_fd, stale)

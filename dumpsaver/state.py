@@ -45,7 +45,12 @@ def write_json(state_dir: Path, name: str, data: dict[str, Any], *,
     """Write state_dir/name durably: temp file, fsync, rename, fsync the directory."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = state_dir / (name + ".tmp")
-    with open(tmp, "w") as f:
+    # Never through a symlink or hard link planted under the temporary name: remove it,
+    # then create the file afresh (O_EXCL), root-only.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
