@@ -54,6 +54,18 @@ for f in "$tmp"/*.deb "$tmp"/*.buildinfo "$tmp"/*.changes; do
     [ -e "$f" ] && cp "$f" "$out/"
 done
 deb="$out/$(cd "$tmp" && ls dumpsaver_*_all.deb)"
+
+# Every module of the source tree must be in the package (a subpackage missing from
+# pyproject.toml's package list only shows at run time otherwise, on the machine that
+# just crashed).
+contents=$(dpkg-deb -c "$deb")
+missing=$(cd "$tree" && find dumpsaver -name '*.py' | sort | while read -r f; do
+    echo "$contents" | grep -q "/dist-packages/$f\$" || echo "$f"
+done)
+if [ -n "$missing" ]; then
+    echo "build-deb.sh: modules missing from $deb (pyproject.toml packages?):" $missing >&2
+    exit 1
+fi
 if [ "${LINTIAN:-0}" = 1 ]; then
     lintian --info --display-info --pedantic "$deb" >&2 || true
 fi

@@ -46,5 +46,14 @@ rpmbuild -bb $nodeps --define "_topdir $top" "$top/SPECS/dumpsaver.spec" \
     exit 1
 }
 rpm=$(find "$top/RPMS" -name 'dumpsaver-*.noarch.rpm' | head -n1)
+# Every module of the source tree must be in the package (see build-deb.sh).
+files=$(rpm -qlp "$rpm")
+missing=$(cd "$src" && find dumpsaver -name '*.py' | sort | while read -r f; do
+    echo "$files" | grep -q "/site-packages/$f\$" || echo "$f"
+done)
+if [ -n "$missing" ]; then
+    echo "build-rpm.sh: modules missing from $(basename "$rpm") (pyproject.toml packages?):" $missing >&2
+    exit 1
+fi
 cp "$rpm" "$out/"
 echo "$out/$(basename "$rpm")"
