@@ -180,6 +180,17 @@ def test_crash_scenario_ran_three_boots_and_powered_off(crash: Scenario) -> None
     assert len(crash.boots) == 3, [b.boot_id for b in crash.boots]
 
 
+def test_installed_from_the_deb(crash: Scenario) -> None:
+    """The guest's dumpsaver came from our .deb: enabled, catalog compiled, modes right."""
+    run1 = crash.run_dir(1)
+    assert "Status: install ok installed" in (run1 / "dpkg-status").read_text()
+    assert (run1 / "is-enabled").read_text().strip() == "enabled"
+    assert len((run1 / "catalog").read_text().splitlines()) == len(evidence.DS_EVENTS)
+    modes = (run1 / "modes").read_text().split("\n")
+    assert modes[0] == "700 root" and modes[1] == "700 root", modes  # dumps are secrets
+    assert "Overall exposure level for dumpsaver.service: 1." in (run1 / "security").read_text()
+
+
 def test_simulator_wrote_into_reserved_ram(crash: Scenario) -> None:
     run1 = crash.run_dir(1)
     assert (run1 / "simulate.rc").read_text().strip() == "0", (run1 / "simulate.out").read_text()
@@ -239,6 +250,8 @@ def test_second_boot_saved_released_and_restarted(
         assert e is not None
         assert e.get("SYSLOG_IDENTIFIER") == "dumpsaver"
         assert e.get("_SYSTEMD_UNIT") == "dumpsaver.service"
+        assert e.get("DUMPSAVER_EVENT") in evidence.DS_EVENTS
+    assert all(e is not None and e.get("DUMP_ID") for e in entries[:3])
     started = boot2.first(MESSAGE_ID=evidence.SD_UNIT_STARTING, UNIT="dumpsaver.service")
     assert started is not None
     e2e_timings["unit_start_to_restart_request_s"] = round(
