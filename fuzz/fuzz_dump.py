@@ -8,7 +8,6 @@ fuzzer's changes, so that the checks behind the checksums are reached too.
 
 import os
 import struct
-import tempfile
 
 import atheris
 import common
@@ -21,11 +20,10 @@ with atheris.instrument_imports():
 
 GUARD = 1 << 16
 MAX_AREA = 1 << 18
-_dir = tempfile.mkdtemp(
-    prefix="dumpsaver-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-)
-PATH = os.path.join(_dir, "mem")
-_fd = os.open(PATH, os.O_RDWR | os.O_CREAT, 0o600)
+# An anonymous in-memory file (nothing left behind when libFuzzer exits), opened by
+# PhysMem through its /proc/self/fd path as if it were /dev/mem.
+_fd = os.memfd_create("dumpsaver-fuzz-mem")
+PATH = f"/proc/self/fd/{_fd}"
 
 
 def _fixup(area: bytearray, how: int) -> None:
