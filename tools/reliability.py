@@ -59,7 +59,15 @@ def interrupt(work: Path, pairs: int, timed: int) -> dict[str, Any]:
     t0 = time.monotonic()
     ms = _machines(INTERRUPT_MACHINES, work / "machines")
     t = I.campaign(ms, work / "cases", every_page=True, pairs=pairs, timed=timed)
+    # and the kdump-compressed writer: every point of three machines, some pairs
+    k = I.campaign(ms[:3], work / "kdump", every_page=True, pairs=pairs // 5, seed=1,
+                   fmt_name="kdump")  # fmt: skip
     d = t.as_dict()
+    d["kdump"] = k.as_dict()
+    t.problems += k.problems
+    for key in ("lost", "saved_twice", "half_visible", "released_before_durable",
+                "rerun_failed", "release_not_finished", "hung"):  # fmt: skip
+        setattr(t, key, getattr(t, key) + getattr(k, key))
     d["machines"] = len(ms)
     d["seconds"] = round(time.monotonic() - t0, 1)
     d["ok"] = not t.problems and all(getattr(t, k) == 0 for k in (

@@ -296,7 +296,13 @@ def write_kdump(
                 first, count = next(runs, (-1, 0))
                 want, end = first, first + count
 
+    # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
+    kill_in_loop = os.environ.get("DUMPSAVER_KILL_AT", "").startswith("write-page")
     for e, stored in dump.stored_pages(scan):
+        if kill_in_loop:
+            from dumpsaver.save import checkpoint
+
+            checkpoint("write-page")
         if e.pfn != want:
             skip_to(e.pfn)
         flags = e.flags

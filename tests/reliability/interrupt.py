@@ -143,7 +143,10 @@ def check_visible(m: Machine, dest: Path, truth: dict[int, bytes]) -> list[str]:
                 continue
             if not (d / "dmesg.txt").is_file():
                 bad.append(f"{d.name}: no dmesg.txt")
-            pages = read_elf_pages(d / info["file"], m.page_size)
+            if info.get("format") == "kdump":
+                pages = read_kdump_pages(d / info["file"])
+            else:
+                pages = read_elf_pages(d / info["file"], m.page_size)
             zero = bytes(m.page_size)
             for pfn, page in pages.items():
                 if truth.get(pfn) != page and not (page == zero and truth.get(pfn) is None):
@@ -156,16 +159,24 @@ def check_visible(m: Machine, dest: Path, truth: dict[int, bytes]) -> list[str]:
     return bad
 
 
+def read_kdump_pages(path: Path) -> dict[int, bytes]:
+    """{pfn: page} through the independent kdump-compressed reader of tests/test_kdump.py."""
+    from ..test_kdump import KdumpFile
+
+    kf = KdumpFile.open(path)
+    return {pfn: kf.page(pfn, desc) for pfn, desc in kf.descs().items()}
+
+
 def one_point(
     m: Machine, work: Path, kill_at: str | None, tally: Tally, truth: dict[int, bytes],
-    *, then_kill_at: str | None = None, delay: float | None = None,
+    *, then_kill_at: str | None = None, delay: float | None = None, fmt_name: str = "elf",
 ) -> None:
     """Kill at ``kill_at`` (or after ``delay`` seconds), optionally kill the rerun too,
     then rerun to the end and judge."""
     dest, state = work / "dest", work / "state"
     config = work / "config.yaml"
     if not config.exists():
-        config.write_text("minfree: 0\n")
+        config.write_text(f"minfree: 0\nformat: {fmt_name}\n")
     argv = save_argv(m, dest, state, config)
     ok_codes = (0, 4) if m.manifest["truncated"] else (0,)
     label = kill_at or f"timed:{delay:.3f}"
@@ -250,9 +261,9 @@ def points_for(m: Machine, *, every_page: bool = True, extra_n: Iterable[int] = 
 
 def campaign(
     machines: list[Machine], work: Path, *, every_page: bool = True, pairs: int = 0,
-    timed: int = 0, seed: int = 0,
+    timed: int = 0, seed: int = 0, fmt_name: str = "elf", tally: Tally | None = None,
 ) -> Tally:
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
     rng = random.Random(seed)
     n = 0
     for m in machines:
@@ -269,7 +280,8 @@ def campaign(
             n += 1
             case = work / f"case{n}"
             mm = m.copy(case / "machine")
-            one_point(mm, case, kill_at, tally, truth, then_kill_at=then, delay=delay)
+            one_point(mm, case, kill_at, tally, truth, then_kill_at=then, delay=delay,
+                      fmt_name=fmt_name)
             _rm(case)
     return tally
 

@@ -41,6 +41,15 @@ def test_every_point_of_every_phase(machines: dict[str, Machine], shm_path: Path
     assert set(t.by_phase) == set(I.PHASES)
 
 
+def test_kdump_format_every_phase(machines: dict[str, Machine], shm_path: Path) -> None:
+    """The same with format: kdump (the kdump-compressed writer's loop has the
+    write-page point too); the files are read back by tests/test_kdump.py's reader."""
+    t = I.campaign([machines["m1"]], shm_path, every_page=False, fmt_name="kdump")
+    _report("interrupt-kdump", t)
+    _assert_clean(t)
+    assert set(t.by_phase) == set(I.PHASES)
+
+
 def test_interrupted_release_is_finished_by_the_next_run(machine: Machine, tmp_path: Path) -> None:
     """Power fails between invalidating the header and the sysfs release: the next run
     must see "already saved", not save a second copy, and still hand the memory back.
