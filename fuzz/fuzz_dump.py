@@ -2,8 +2,9 @@
 
 The input is a dump area placed in a memory file between two guard regions that the
 saver must never touch (checked through PhysMem's on_access).  The first input byte
-chooses fix-ups: recompute the header CRC, the meta CRC and the entry CRCs after the
-fuzzer's changes, so that the checks behind the checksums are reached too.
+chooses fix-ups: recompute the header CRC, the meta CRC, the entry CRCs (and with bit
+32 the page CRCs: forged pages reach the decompressors) after the fuzzer's changes, so
+that the checks behind the checksums are reached too.
 """
 
 import os
@@ -46,6 +47,10 @@ def _fixup(area: bytearray, how: int) -> None:
             o = dir_off + i * 32
             if o + 32 > len(area):
                 break
+            if how & 32:  # forge the page CRC too: reach the codecs with arbitrary bytes
+                _pfn, off, n = struct.unpack_from("<QQI", area, o)
+                if off + n <= len(area):
+                    struct.pack_into("<I", area, o + 20, fmt.page_crc(bytes(area[off : off + n])))
             area[o + 28 : o + 32] = fmt.CRC.pack(fmt.page_crc(bytes(area[o : o + 28])))
     if how & 1 and n_ext <= 64 and hsize <= len(area):
         area[hsize - 4 : hsize] = fmt.CRC.pack(fmt.page_crc(bytes(area[: hsize - 4])))

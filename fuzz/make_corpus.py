@@ -49,7 +49,7 @@ def main() -> None:
         (out / "entry" / f"seed{i}").write_bytes(
             bytes(16) + a[h.dir_offset : h.dir_offset + 4 * fmt.ENTRY.size]
         )
-        for how in (0, 15):
+        for how in (0, 15, 47):
             (out / "dump" / f"seed{i}-{how}").write_bytes(bytes([how]) + a)
     samples = [
         b"\x00BOOT_IMAGE=/vmlinuz root=/dev/vda1 memmap=64M$0x30000000,16M$1G quiet",

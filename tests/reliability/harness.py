@@ -31,6 +31,15 @@ from dumpsaver.physmem import PhysMem, Range
 SHM = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
 
 
+def report(name: str, data: Any) -> None:
+    """Keep a test's figures in tests/reliability/.last-figures/NAME.json (best effort:
+    a read-only checkout just does not keep them)."""
+    with contextlib.suppress(OSError):
+        out = Path(__file__).with_name(".last-figures")
+        out.mkdir(exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
 def long_enabled() -> bool:
     return os.environ.get("DUMPSAVER_LONG", "") not in ("", "0")
 

@@ -23,13 +23,7 @@ from dumpsaver.errors import FormatError
 from dumpsaver.physmem import PhysMem, Range
 
 from . import interrupt as I
-from .harness import Machine, Recorder, layout_of, run_corruption, spy_fd_io
-
-
-def _figure(name: str, data: dict[str, object]) -> None:
-    out = Path(__file__).with_name(".last-figures")
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+from .harness import Machine, Recorder, layout_of, report, run_corruption, spy_fd_io
 
 
 def rewrite_header(m: Machine, **changes: object) -> fmt.Header:
@@ -80,7 +74,7 @@ def test_normal_save_reads_only_the_area(machines: dict[str, Machine], tmp_path:
         assert rec.accesses > 0
         assert I.header_magic(m) == fmt.SAVED_MAGIC  # the release write was seen too
         figures[name] = {"accesses": rec.accesses, "bytes": rec.bytes, "outside": 0}
-    _figure("confinement-normal", figures)
+    report("confinement-normal", figures)
 
 
 def test_cli_save_status_and_rerun_read_only_the_area(machine: Machine, tmp_path: Path) -> None:
@@ -100,7 +94,7 @@ def test_corrupt_dumps_read_only_the_area(machines: dict[str, Machine], tmp_path
     fig = run_corruption(m, tmp_path, 2000, first_seed=50000, time_bound=2.0, spy=True)
     assert fig["outside_accesses"] == 0 and fig["escaped"] == 0
     assert fig["spied_outside"] == 0
-    _figure("confinement-corrupt", {"cases": fig["cases"], "accesses": fig["accesses"],
+    report("confinement-corrupt", {"cases": fig["cases"], "accesses": fig["accesses"],
                                     "outside": fig["outside_accesses"]})  # fmt: skip
 
 

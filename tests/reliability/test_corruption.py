@@ -21,13 +21,7 @@ from dumpsaver.errors import EXIT_CORRUPT, EXIT_INCOMPLETE, FormatError
 from dumpsaver.physmem import PhysMem
 
 from . import interrupt as I
-from .harness import Machine, Recorder, make_machine, read_elf_pages, run_corruption
-
-
-def _report(name: str, fig: dict[str, object]) -> None:
-    out = Path(__file__).with_name(".last-figures")
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(fig, indent=1) + "\n")
+from .harness import Machine, Recorder, make_machine, read_elf_pages, report, run_corruption
 
 
 def _assert_clean(fig: dict[str, object]) -> None:
@@ -45,7 +39,7 @@ def test_seeded_corruption(machines: dict[str, Machine], tmp_path: Path, name: s
     first, n = SPLIT[name]
     fig = run_corruption(machines[name], tmp_path, n, first_seed=first, save_every=100,
                          time_bound=2.0)  # fmt: skip
-    _report(f"corruption-{name}", fig)
+    report(f"corruption-{name}", fig)
     _assert_clean(fig)
     assert fig["cases"] == n
     assert fig["refused"] > 0 and fig["opened"] > 0
@@ -57,7 +51,7 @@ def test_seeded_corruption_other_codecs(tmp_path: Path, codec: Codec) -> None:
         pytest.skip(f"{codec.label} module not installed")
     m = make_machine(tmp_path / "m", memory=512 << 10, seed=7, codec=codec)
     fig = run_corruption(m, tmp_path, 500, first_seed=20000, save_every=50, time_bound=2.0)
-    _report(f"corruption-{codec.label}", fig)
+    report(f"corruption-{codec.label}", fig)
     _assert_clean(fig)
 
 
@@ -72,7 +66,7 @@ def test_long_corruption(tmp_path: Path) -> None:
         m = make_machine(tmp_path / f"m{i}", memory=mem, seed=seed, codec=codec)
         fig = run_corruption(m, tmp_path, 33334, first_seed=100000 * (i + 1), save_every=500,
                              time_bound=5.0)  # fmt: skip
-        _report(f"corruption-long-{i}", fig)
+        report(f"corruption-long-{i}", fig)
         _assert_clean(fig)
         for k in total:
             total[k] += fig[k]  # type: ignore[operator]

@@ -14,13 +14,7 @@ import pytest
 from dumpsaver import format as fmt
 
 from . import interrupt as I
-from .harness import Machine
-
-
-def _report(name: str, t: I.Tally) -> None:
-    out = Path(__file__).with_name(".last-figures")
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(t.as_dict(), indent=1) + "\n")
+from .harness import Machine, report
 
 
 def _assert_clean(t: I.Tally) -> None:
@@ -35,7 +29,7 @@ def test_every_point_of_every_phase(machines: dict[str, Machine], shm_path: Path
     machines (one extent; two extents truncated at panic; a larger one), plus pairs
     (the rerun is killed too)."""
     t = I.campaign(list(machines.values()), shm_path, every_page=True, pairs=4)
-    _report("interrupt", t)
+    report("interrupt", t.as_dict())
     _assert_clean(t)
     assert t.points >= 200
     assert set(t.by_phase) == set(I.PHASES)
@@ -45,7 +39,7 @@ def test_kdump_format_every_phase(machines: dict[str, Machine], shm_path: Path) 
     """The same with format: kdump (the kdump-compressed writer's loop has the
     write-page point too); the files are read back by tests/test_kdump.py's reader."""
     t = I.campaign([machines["m1"]], shm_path, every_page=False, fmt_name="kdump")
-    _report("interrupt-kdump", t)
+    report("interrupt-kdump", t.as_dict())
     _assert_clean(t)
     assert set(t.by_phase) == set(I.PHASES)
 
@@ -102,5 +96,5 @@ def test_interrupted_state_update(machine: Machine, tmp_path: Path) -> None:
 def test_long_pairs_and_timed_kills(machines: dict[str, Machine], shm_path: Path) -> None:
     """Random pairs of kill points and kills after a random delay (real processes)."""
     t = I.campaign([machines["m3"]], shm_path, every_page=False, pairs=100, timed=100)
-    _report("interrupt-long", t)
+    report("interrupt-long", t.as_dict())
     _assert_clean(t)
