@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PY = sys.executable
 DUMPSAVER = [PY, "-m", "dumpsaver"]
+TIME = os.access("/usr/bin/time", os.X_OK)  # GNU time: the peak RSS of the command alone
 
 
 @dataclass
@@ -47,14 +48,25 @@ class Run:
 
 def timed(cmd: Sequence[str], *, out: Path | None = None, env: dict[str, str] | None = None,
           after: Callable[[], None] | None = None) -> Run:
-    """Run ``cmd``; wall time includes ``after`` (e.g. an fsync of its output)."""
+    """Run ``cmd``; wall time includes ``after`` (e.g. an fsync of its output).
+
+    The peak RSS comes from /usr/bin/time when there is one: a child's ru_maxrss on
+    Linux also counts the image it was forked from (this benchmark process) before
+    its exec, which would hide the command's own figure."""
+    rss_file = Path(tempfile.mkstemp(prefix="rss-")[1])
+    wrap = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if TIME else []
     t0 = time.perf_counter()
-    p = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    p = subprocess.Popen([*wrap, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env=env, cwd=REPO)
     assert p.stderr is not None
     err = p.stderr.read()
     _pid, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
+    maxrss = ru.ru_maxrss
+    if TIME:
+        text = rss_file.read_text().strip().splitlines()
+        maxrss = int(text[-1]) if text and text[-1].isdigit() else maxrss
+    rss_file.unlink()
     if after is not None:
         after()
     wall = time.perf_counter() - t0
@@ -64,7 +76,7 @@ def timed(cmd: Sequence[str], *, out: Path | None = None, env: dict[str, str] | 
     if out is not None and out.exists():
         size = sum(f.stat().st_size for f in out.rglob("vmcore")) if out.is_dir() else (
             out.stat().st_size)
-    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, size)
+    return Run(wall, ru.ru_utime + ru.ru_stime, maxrss, size)
 
 
 def fsync_path(path: Path) -> Callable[[], None]:
