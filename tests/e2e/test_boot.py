@@ -216,9 +216,13 @@ def test_no_dump_boot_is_cheap_and_restarts_nothing(
         vals = sorted(float(x) for x in (crash.run_dir(1) / name).read_text().split())
         return vals[len(vals) // 2]
 
-    e2e_timings["python_bare_ms"] = round(median("python-bare.time") * 1000)
+    bare_ms = median("python-bare.time") * 1000
+    e2e_timings["python_bare_ms"] = round(bare_ms)
     e2e_timings["save_nodump_ms"] = round(median("save-nodump.time") * 1000)
-    assert cost_ms < 5000, f"dumpsaver.service took {cost_ms} ms with no dump"
+    # Against the bare interpreter in the same guest (TCG and a shared host make
+    # absolute times noisy): catches the "boot delayed by a 39 s parser" class of
+    # regression.  With a lazy no-dump path this ratio should be ~2, not ~15.
+    assert cost_ms < 30 * bare_ms, f"dumpsaver.service took {cost_ms} ms with no dump"
 
 
 def test_unit_ordered_before_sysinit(crash: Scenario) -> None:
