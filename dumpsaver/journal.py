@@ -17,26 +17,35 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING
+
+# No typing/dataclasses machinery at run time: this module is on the boot path of every
+# boot, dump or not, and under emulation each import and class build shows.
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, Final, TypeAlias
+
+    # A journal sender has the signature of systemd.journal.send(MESSAGE, **fields).
+    Sender: TypeAlias = Callable[..., Any]
+    # A notifier takes one sd_notify state string ("STATUS=...") and says if it was sent.
+    Notifier: TypeAlias = Callable[[str], bool]
 
 LOGGER_NAME: Final = "dumpsaver"
 SYSLOG_IDENTIFIER: Final = "dumpsaver"
 
-# A journal sender has the signature of systemd.journal.send(MESSAGE, **fields).
-Sender = Callable[..., Any]
-# A notifier takes one sd_notify state string ("STATUS=...") and returns whether it was sent.
-Notifier = Callable[[str], bool]
 
-
-@dataclass(frozen=True)
 class Event:
     """One kind of journal event: its fixed MESSAGE_ID and syslog priority."""
 
-    name: str
-    message_id: str
-    priority: int  # syslog: 3 err, 4 warning, 5 notice, 6 info
+    __slots__ = ("message_id", "name", "priority")
+
+    def __init__(self, name: str, message_id: str, priority: int) -> None:
+        self.name = name
+        self.message_id = message_id
+        self.priority = priority  # syslog: 3 err, 4 warning, 5 notice, 6 info
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {self.message_id!r}, {self.priority})"
 
     @property
     def level(self) -> int:
