@@ -15,8 +15,6 @@ SIGTERM) and unmounts the file systems.  ``Manager.Reboot()`` would be ``systemc
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -103,6 +101,9 @@ def request_restart(
 
 def _restart_with_systemctl(action: str) -> None:
     """Fallback without pystemd: ``systemctl --no-block reboot`` (same job, same socket)."""
+    import shutil
+    import subprocess
+
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise DumpsaverError(
