@@ -137,3 +137,32 @@ def test_unit_last_run_without_systemd_returns_none(tmp_path: Any) -> None:
     """A real pystemd bus to nowhere: None, not an exception."""
     addr = f"unix:path={tmp_path}/nothing".encode()
     assert restart.unit_last_run(bus_factory=restart._private_bus_factory(addr)) is None
+
+
+def _no_pystemd(address: bytes) -> Any:
+    raise ImportError("pystemd")
+
+
+def test_fallback_to_systemctl_without_pystemd(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pystemd: the same request through ``systemctl --no-block reboot``."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    monkeypatch.setattr(restart, "_private_bus_factory", _no_pystemd)
+    restart.request_restart("poweroff", sync=False)
+    assert log.read_text() == "--no-block poweroff\n"
+
+
+def test_fallback_failure_is_reported(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "systemctl"
+    fake.write_text("#!/bin/sh\necho 'System has not been booted with systemd' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(restart, "_private_bus_factory", _no_pystemd)
+    with pytest.raises(DumpsaverError, match="not been booted with systemd"):
+        restart.request_restart("reboot", sync=False)
