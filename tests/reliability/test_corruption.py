@@ -170,3 +170,44 @@ def test_force_does_not_accept_an_implausible_header(machine: Machine, tmp_path:
         pytest.raises(FormatError, match="page size"),
     ):
         Dump(mem, machine.header_paddr, force=True)
+
+
+def test_elf_incomplete_flag_for_meta_damage(machine: Machine, tmp_path: Path) -> None:
+    """Regression: a dump whose meta data failed its checksum was marked incomplete in
+    info.json but not in the ELF header."""
+    from .harness import layout_of, read_elf_incomplete
+
+    lay = layout_of(machine)
+    _flip(machine, lay.header.meta_offset + 3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("minfree: 0\n")
+    argv = I.save_argv(machine, tmp_path / "dest", tmp_path / "state", cfg)
+    assert I.run_forked(argv) == EXIT_INCOMPLETE
+    (d,) = I.visible_dumps(tmp_path / "dest")
+    assert read_elf_incomplete(d / "vmcore")
+
+
+def test_elf_incomplete_flag_for_damage_in_pass_two(machine: Machine, tmp_path: Path) -> None:
+    """Regression: a page that changes between pass one and pass two is written as
+    zeros and counted; the ELF header (written before pass two) must say INCOMPLETE."""
+    import os
+
+    from dumpsaver.writers.elf import ElfWriter
+
+    from .harness import layout_of, read_elf_incomplete
+
+    lay = layout_of(machine)
+    e = next(x for x in lay.entries if not x.zero)
+    with PhysMem(str(machine.mem), machine.candidate().ranges) as mem:
+        d = Dump(mem, machine.header_paddr)
+        s = d.scan()
+        assert s.nr_damaged == 0
+        _flip(machine, lay.phys(e.offset) - machine.header_paddr)  # memory changes now
+        d._win.cache.clear()  # as on a dump larger than the read cache
+        fd = os.open(tmp_path / "vmcore", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            ElfWriter().write(fd, d, s, None)
+        finally:
+            os.close(fd)
+    assert s.nr_damaged == 1
+    assert read_elf_incomplete(tmp_path / "vmcore")
