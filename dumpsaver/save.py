@@ -332,10 +332,10 @@ def save(
     keep: bool = False,
     wait: float = 0.0,
     progress: Progress | None = None,
-    on_event: Callable[[str, str], None] | None = None,
+    on_event: Callable[..., None] | None = None,
 ) -> Result:
     started = time.monotonic()
-    event = on_event or (lambda kind, msg: log.info("%s", msg))
+    event = on_event or (lambda kind, msg, **fields: log.info("%s", msg))
     writer = get(fmt_name or cfg.format)
     h = dump.header
     name = dump_name(h)
@@ -345,7 +345,8 @@ def save(
             checkpoint("locked")
             for other, info in saved_dumps(dest):
                 if info.get("dump_id") == str(h.dump_id):
-                    event("saved", f"dump {h.dump_id} was already saved as {other}")
+                    event("saved", f"dump {h.dump_id} was already saved as {other}",
+                          DUMP_DIR=str(dest / other))
                     if not keep:
                         release(cand, mem_path)
                     return Result("already-saved", dest / other, info, released=not keep)
@@ -388,7 +389,8 @@ def save(
                 raise _space_error(e, dest, need) from None
             status = "saved" if info["complete"] else "incomplete"
             event(status, f"saved dump {final} ({human(info['file_size'])}, "
-                          f"{'complete' if info['complete'] else 'INCOMPLETE'})")
+                          f"{'complete' if info['complete'] else 'INCOMPLETE'})",
+                  DUMP_DIR=str(dest / final), SIZE=int(info["file_size"]))
             checkpoint("release")
             if not keep:
                 try:

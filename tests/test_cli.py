@@ -98,3 +98,25 @@ def test_header_pointing_elsewhere_in_sysfs(tmp_path: Path) -> None:
     r = run_cli("save", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"), "--cmdline",
                 "/dev/null", "--dest", str(tmp_path / "d"), "--no-restart")
     assert r.returncode == EXIT_CORRUPT and "outside the reserved dump area" in r.stderr
+
+
+def test_no_dump_fast_path(tmp_path: Path) -> None:
+    """The boot job decides 'no dump' from two small files, before heavy imports."""
+    from dumpsaver import cli
+
+    cfg, hdr, cmd = tmp_path / "c.yaml", tmp_path / "header", tmp_path / "cmdline"
+    cmd.write_text("root=/dev/vda quiet memmap=1G@0\n")
+    args = {"config": str(cfg), "sysfs_header": str(hdr), "cmdline": str(cmd)}
+    assert cli.surely_no_dump(**args)
+    cfg.write_text("# only comments\n\n#minfree: 1G\n")
+    assert cli.surely_no_dump(**args)
+    cmd.write_text("root=/dev/vda memmap=16M$0x30000000\n")
+    assert not cli.surely_no_dump(**args)
+    cmd.write_text("root=/dev/vda\n")
+    hdr.write_text("0x30000000\n")
+    assert not cli.surely_no_dump(**args)
+    hdr.unlink()
+    cfg.write_text("regions: ['0x30000000:16M']\n")  # a setting may point at a dump
+    assert not cli.surely_no_dump(**args)
+    assert not cli.surely_no_dump(config=str(cfg), sysfs_header=str(hdr),
+                                  cmdline=str(tmp_path / "unreadable"))
