@@ -15,6 +15,7 @@ APT_PACKAGES=(
   systemd-container qemu-system-x86 mmdebstrap e2fsprogs
   # packaging (the e2e installs dumpsaver from its .deb)
   dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+  python3-build python3-installer
   lintian rpm
   # Debian's own runtime dependencies (what the .deb uses)
   python3-systemd python3-pystemd python3-psutil python3-yaml python3-zstandard python3-lz4

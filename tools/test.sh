@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/bootstrap.sh
-if [ -x tests/e2e/setup-deps.sh ] || [ -f tests/e2e/setup-deps.sh ]; then
-  bash tests/e2e/setup-deps.sh
-fi
-exec .venv/bin/python -m pytest -q "$@"
+# Every tier, the QEMU boots included (they are opt-in for a bare `pytest`).
+export DUMPSAVER_E2E=${DUMPSAVER_E2E:-1}
+exec .venv/bin/python -m pytest -q -ra "$@"
