@@ -98,7 +98,9 @@ def ensure_dest(dest: Path) -> int:
         except OSError as e:
             raise DumpsaverError(
                 f"cannot create {dest}: {e.strerror}",
-                hint="is the file system read-only?" if e.errno == errno.EROFS else None,
+                hint="is the file system read-only? (a dump_dir outside /var/dumps needs "
+                "ReadWritePaths= in a drop-in for the sandboxed unit)"
+                if e.errno == errno.EROFS else None,
             ) from None
         st = os.lstat(dest)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
@@ -221,7 +223,8 @@ def _space_error(e: OSError, dest: Path, need: int) -> DumpsaverError:
         )
     hint = {
         errno.EROFS: "the file system is read-only: remount it read-write or set dump_dir "
-        "elsewhere, then run dumpsaver save",
+        "elsewhere (the sandboxed unit then needs ReadWritePaths= for it in a drop-in), "
+        "then run dumpsaver save",
         errno.EIO: "the disk reported an I/O error (see the kernel log): fix or replace it, "
         "or set dump_dir elsewhere, then run dumpsaver save",
     }.get(e.errno or 0, "fix the cause, then run dumpsaver save")
