@@ -299,3 +299,70 @@ def test_planted_info_json_is_shown_escaped(
         rc, out, err = _run(capsys, argv)
         assert rc == 0, err
         assert_clean(out, " ".join(argv[:2]))
+
+
+# -- huge counts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt_name", ["elf", "kdump"])
+def test_more_than_65535_runs(tmp_path: Path, fmt_name: str) -> None:
+    """Every other page saved: 70,000 runs, so more program headers than e_phnum can
+    hold (PN_XNUM, the count in section header 0).  Saved and read back page for page."""
+    import uuid
+
+    from dumpsaver import config as config_mod
+    from dumpsaver.codecs import Codec
+    from dumpsaver.encode import encode_dump
+    from dumpsaver.physmem import LogicalStream, Range
+
+    from .harness import read_elf_pages
+    from .interrupt import read_kdump_pages
+
+    ps, runs = 4096, 70_000
+    area = (1 << 20, 8 << 20)  # 8 MiB at 1 MiB
+    mem_pages = 2 * runs + 1024
+    img = tmp_path / "mem"
+    with open(img, "wb") as f:
+        f.truncate(mem_pages * ps)
+
+    def content(i: int) -> bytes:
+        pfn = 1024 + 2 * i
+        return (pfn.to_bytes(8, "little") * 8).ljust(ps, b"\0") if i % 50 == 0 else bytes(ps)
+
+    def pages() -> Iterator[tuple[int, bytes]]:
+        for i in range(runs):
+            yield 1024 + 2 * i, content(i)
+
+    with PhysMem(str(img), [Range(area[0], area[0] + area[1])], writable=True) as mem:
+        h = encode_dump(LogicalStream(mem, [area]), pages(), page_size=ps, mem_pages=mem_pages,
+                        codec=Codec.ZLIB, meta=fmt.MetaInfo(panic="many runs"),
+                        excluded=fmt.DEFAULT_EXCLUDED, class_pages=(0,) * 8, crash_time_ns=1,
+                        boot_id=uuid.UUID(int=7))  # fmt: skip
+    assert h.nr_entries == runs and not h.truncated
+    from dumpsaver.locate import Candidate
+
+    used = h.extents[0].length
+    cand = Candidate("config", "test", (Range(area[0], area[0] + used),), area[0])
+    with PhysMem(str(img), cand.ranges) as mem:
+        d = Dump(mem, area[0])
+        cfg = config_mod.from_mapping({"minfree": 0, "format": fmt_name}, "t")
+        res = save_mod.save(cfg, cand, d, mem_path=str(img), dest=tmp_path / "dest", keep=True)
+    assert res.status == "saved" and res.dump_dir is not None
+    vmcore = res.dump_dir / "vmcore"
+    got = read_elf_pages(vmcore, ps) if fmt_name == "elf" else read_kdump_pages(vmcore)
+    assert len(got) == runs
+    for i in range(0, runs, 997):
+        assert got[1024 + 2 * i] == content(i), i
+    if fmt_name == "elf":
+        with open(vmcore, "rb") as f:
+            ehdr = f.read(64)
+        assert int.from_bytes(ehdr[56:58], "little") == 0xFFFF  # e_phnum = PN_XNUM
+        try:
+            import drgn
+        except ImportError:
+            return
+        prog = drgn.Program()
+        prog.set_core_dump(str(vmcore))  # an independent reader agrees
+        assert prog.read(1024 * ps, ps, True) == content(0)
+        with pytest.raises(drgn.FaultError):
+            prog.read(1025 * ps, 8, True)  # a page left out is absent, not zeros
