@@ -456,7 +456,16 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
         if victim is None:
             break
         log.info("retention: removing old dump %s", victim)
-        _rmtree_at(dest_fd, victim)
+        # Out of sight first (atomically), then delete: an interrupted deletion leaves a
+        # .tmp-* the next run removes, never a dump with some of its files gone.
+        doomed = f"{TMP_PREFIX}old-{victim}"
+        try:
+            os.rename(victim, doomed, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+            checkpoint("retention-delete")
+            _rmtree_at(dest_fd, doomed)
+        except OSError as e:  # the new dump is saved: a failed cleanup is only a warning
+            log.warning("retention: cannot remove %s: %s", victim, e.strerror)
+            break
         removed.append(victim)
         dumps = [(n, i) for n, i in dumps if n != victim]
     return removed

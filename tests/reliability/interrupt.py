@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,10 @@ def save_argv(m: Machine, dest: Path, state: Path, config: Path) -> list[str]:
             "--cmdline", "/dev/null"]  # fmt: skip
 
 
-def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60) -> int:
-    """cli.main(argv) in a forked child; the exit status, or -signal if it was killed."""
+def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60,
+               pre: Callable[[], None] | None = None) -> int:  # fmt: skip
+    """cli.main(argv) in a forked child; the exit status, or -signal if it was killed.
+    ``pre`` runs in the child first (e.g. to arm a kill inside a library call)."""
     from dumpsaver import cli
     from dumpsaver import save as save_mod
 
@@ -57,6 +59,8 @@ def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60)
             else:
                 os.environ.pop("DUMPSAVER_KILL_AT", None)
             save_mod._hits.clear()
+            if pre is not None:
+                pre()
             rc = cli.main(argv)
         except BaseException:
             rc = 98

@@ -92,6 +92,51 @@ def test_interrupted_state_update(machine: Machine, tmp_path: Path) -> None:
     assert len(I.visible_dumps(dest)) == 1
 
 
+def test_interrupted_retention_leaves_no_half_deleted_dump(
+    machines: dict[str, Machine], shm_path: Path
+) -> None:
+    """Killed half way through deleting an old dump (keep_dumps): the old dump must not
+    stay visible with some of its files gone.  (Regression: the victim was deleted in
+    place, so a kill left e.g. info.json without its vmcore, listed as a saved dump.)"""
+    import os
+    import signal
+
+    old, new = machines["m2"].copy(shm_path / "old"), machines["m1"].copy(shm_path / "new")
+    dest = shm_path / "dest"
+    cfg = shm_path / "c.yaml"
+    cfg.write_text("minfree: 0\nkeep_dumps: 1\n")
+    assert I.run_forked(I.save_argv(old, dest, shm_path / "st", cfg)) in (0, 4)
+
+    def die_on_second_unlink() -> None:
+        real = os.unlink
+        n = [0]
+
+        def unlink(path: object, *a: object, **kw: object) -> None:
+            if kw.get("dir_fd") is not None:
+                n[0] += 1
+                if n[0] == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real(path, *a, **kw)  # type: ignore[arg-type]
+
+        os.unlink = unlink  # type: ignore[assignment]
+
+    argv = I.save_argv(new, dest, shm_path / "st", cfg)
+    assert I.run_forked(argv, pre=die_on_second_unlink) == -9
+    for d in I.visible_dumps(dest):  # whatever is visible is whole
+        info = json.loads((d / "info.json").read_text())
+        assert (d / "vmcore").stat().st_size == info["file_size"], d.name
+        assert (d / "dmesg.txt").exists(), d.name
+    assert I.run_forked(argv) == 0  # the new dump was saved and released before the kill
+    (only,) = I.visible_dumps(dest)
+    assert json.loads((only / "info.json").read_text())["dump_id"] == new.manifest["dump_id"]
+    # the half-deleted old dump is out of sight; the next save removes it
+    left = [p.name for p in dest.iterdir() if p.name.startswith(".tmp-")]
+    assert all(n.startswith(".tmp-old-") for n in left)
+    third = machines["m3"].copy(shm_path / "third")
+    assert I.run_forked(I.save_argv(third, dest, shm_path / "st", cfg)) == 0
+    assert not [p for p in dest.iterdir() if p.name.startswith(".tmp-")]
+
+
 @pytest.mark.long
 def test_long_pairs_and_timed_kills(machines: dict[str, Machine], shm_path: Path) -> None:
     """Random pairs of kill points and kills after a random delay (real processes)."""
