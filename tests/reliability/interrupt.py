@@ -33,10 +33,23 @@ PHASES = (
 )
 
 
-def save_argv(m: Machine, dest: Path, state: Path, config: Path) -> list[str]:
-    return ["--config", str(config), "save", "--mem", str(m.mem), "--sysfs", str(m.sysfs),
-            "--dest", str(dest), "--state-dir", str(state), "--no-restart",
-            "--cmdline", "/dev/null"]  # fmt: skip
+def save_argv(m: Machine, dest: Path, state: Path, config: Path, *,
+              locate: str = "sysfs") -> list[str]:  # fmt: skip
+    """``locate="memmap"``: find the dump through memmap= and /proc/iomem files written
+    next to the machine instead of sysfs (no release attribute: the header is the
+    only thing released)."""
+    if locate == "memmap":
+        a = m.area[0]
+        cmdline, iomem = m.dir / "cmdline", m.dir / "iomem"
+        cmdline.write_text(f"root=/dev/vda memmap={a.end - a.start}${a.start:#x}\n")
+        iomem.write_text(f"00000000-{a.start - 1:08x} : System RAM\n"
+                         f"{a.start:08x}-{a.end - 1:08x} : Reserved\n")  # fmt: skip
+        where = ["--sysfs", str(m.dir / "no-sysfs"), "--cmdline", str(cmdline),
+                 "--iomem", str(iomem)]  # fmt: skip
+    else:
+        where = ["--sysfs", str(m.sysfs), "--cmdline", "/dev/null"]
+    return ["--config", str(config), "save", "--mem", str(m.mem), *where,
+            "--dest", str(dest), "--state-dir", str(state), "--no-restart"]  # fmt: skip
 
 
 def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60,
@@ -174,6 +187,7 @@ def read_kdump_pages(path: Path) -> dict[int, bytes]:
 def one_point(
     m: Machine, work: Path, kill_at: str | None, tally: Tally, truth: dict[int, bytes],
     *, then_kill_at: str | None = None, delay: float | None = None, fmt_name: str = "elf",
+    locate: str = "sysfs",
 ) -> None:
     """Kill at ``kill_at`` (or after ``delay`` seconds), optionally kill the rerun too,
     then rerun to the end and judge."""
@@ -181,7 +195,7 @@ def one_point(
     config = work / "config.yaml"
     if not config.exists():
         config.write_text(f"minfree: 0\nformat: {fmt_name}\n")
-    argv = save_argv(m, dest, state, config)
+    argv = save_argv(m, dest, state, config, locate=locate)
     ok_codes = (0, 4) if m.manifest["truncated"] else (0,)
     label = kill_at or f"timed:{delay:.3f}"
     rc = run_timed(argv, delay) if delay is not None else run_forked(argv, kill_at)
@@ -246,7 +260,7 @@ def one_point(
         tally.problems.append(f"{label}: the header was not invalidated after the save")
         tally.rerun_failed += 1
     rel = m.sysfs / "release"
-    if rel.exists() and rel.read_text().strip() != "1":
+    if locate == "sysfs" and rel.exists() and rel.read_text().strip() != "1":
         tally.release_not_finished += 1
         tally.problems.append(f"{label}: the sysfs release was never written")
 
@@ -266,6 +280,7 @@ def points_for(m: Machine, *, every_page: bool = True, extra_n: Iterable[int] = 
 def campaign(
     machines: list[Machine], work: Path, *, every_page: bool = True, pairs: int = 0,
     timed: int = 0, seed: int = 0, fmt_name: str = "elf", tally: Tally | None = None,
+    locate: str = "sysfs",
 ) -> Tally:
     tally = tally if tally is not None else Tally()
     rng = random.Random(seed)
@@ -285,7 +300,7 @@ def campaign(
             case = work / f"case{n}"
             mm = m.copy(case / "machine")
             one_point(mm, case, kill_at, tally, truth, then_kill_at=then, delay=delay,
-                      fmt_name=fmt_name)
+                      fmt_name=fmt_name, locate=locate)
             _rm(case)
     return tally
 

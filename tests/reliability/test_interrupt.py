@@ -44,6 +44,15 @@ def test_kdump_format_every_phase(machines: dict[str, Machine], shm_path: Path) 
     assert set(t.by_phase) == set(I.PHASES)
 
 
+def test_memmap_located_every_phase(machines: dict[str, Machine], shm_path: Path) -> None:
+    """Found through memmap= and /proc/iomem (no sysfs, no release attribute: releasing
+    is invalidating the header): every phase, a few writer points."""
+    t = I.campaign([machines["m1"]], shm_path, every_page=False, locate="memmap")
+    report("interrupt-memmap", t.as_dict())
+    _assert_clean(t)
+    assert set(t.by_phase) == set(I.PHASES)
+
+
 def test_interrupted_release_is_finished_by_the_next_run(machine: Machine, tmp_path: Path) -> None:
     """Power fails between invalidating the header and the sysfs release: the next run
     must see "already saved", not save a second copy, and still hand the memory back.
