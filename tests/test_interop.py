@@ -11,6 +11,7 @@ import mmap
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from dumpsaver.codecs import Codec
 from dumpsaver.writers.flat import write_flat
 from dumpsaver.writers.kdump import KdumpWriter
 
-from .conftest import Sim, header_of, save_sim
+from .conftest import Sim, header_of, run_cli, save_sim
 from .test_kdump import INCOMPLETE, ZLIB, KdumpFile, _poke, _stored_paddr, check_file, open_dump
 
 drgn = pytest.importorskip("drgn", reason="drgn (from PyPI, with libkdumpfile) is the reader")
@@ -149,6 +150,29 @@ def test_makedumpfile_rebuilds_the_flattened_stream(make_sim, tmp_path) -> None:
     assert rc == 0, out
     assert b"makedumpfile Completed." in out[0]
     assert (tmp_path / "rebuilt").read_bytes() == (tmp_path / "vmcore").read_bytes()
+
+
+def test_save_stdout_into_makedumpfile(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dumpsaver save --stdout | makedumpfile -R FILE; the dump stays in memory."""
+    mdf = need("makedumpfile")
+    if "--stdout" not in run_cli("save", "--help").stdout:
+        pytest.skip("dumpsaver save --stdout is not wired into the CLI yet")
+    sim, _ = _make(make_sim, "idle-zlib")
+    env = {**os.environ, "DUMPSAVER_CONFIG": "/dev/null"}
+    env.pop("NOTIFY_SOCKET", None)
+    src = subprocess.Popen([sys.executable, "-m", "dumpsaver", "save", "--stdout",
+                            *sim.cli_args(tmp_path / "dumps"), "--no-restart"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    dst = subprocess.run([mdf, "-R", str(tmp_path / "vmcore")], stdin=src.stdout,
+                         capture_output=True, timeout=120)
+    assert src.stdout is not None and src.stderr is not None
+    src.stdout.close()
+    err = src.stderr.read().decode()
+    assert src.wait(timeout=120) == 0, err
+    assert dst.returncode == 0, dst.stdout + dst.stderr
+    assert "kept in memory" in err
+    assert check_drgn(tmp_path / "vmcore", sim) == sim.manifest["saved_pages"]
+    assert sim.magic() == b"MCOREDMP", "--stdout without --release keeps the dump"
 
 
 def hide_vmcoreinfo(src: Path, dst: Path) -> None:
