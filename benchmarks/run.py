@@ -226,8 +226,12 @@ class Bench:
         self.results["slope"] = {"profile": profile, "points": rows, "fit": fit}
 
     def sizes_per_codec(self, memory: str) -> None:
+        from dumpsaver import codecs
+
         out = {}
         for codec in ("zlib", "zstd", "lz4"):
+            if not codecs.available(codecs.Codec[codec.upper()]):
+                continue
             sim = self.simulate(f"idle-{memory}-{codec}", memory, "idle", codec=codec)
             m = self.manifest(sim)
             files = {}
