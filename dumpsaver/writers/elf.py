@@ -51,18 +51,21 @@ class ElfWriter:
         machine = dump.meta.machine or E.EM.X86_64
         direct = DIRECT_MAP if machine == E.EM.X86_64 else 0
 
-        phdrs = [E.PHDR.pack(E.PT.NOTE, 0, notes_off, 0, 0, len(notes), len(notes), 0)]
-        seg_off: dict[int, int] = {}
+        # Program headers are streamed out in chunks: memory does not grow with the
+        # number of runs (a fragmented machine can have millions).
+        phdrs = bytearray(E.PHDR.pack(E.PT.NOTE, 0, notes_off, 0, 0, len(notes), len(notes), 0))
+        phdrs_at = E.EHDR.size
         off = data_off
         for first, count in scan.iter_runs():
             paddr = first * ps
             size = count * ps
-            phdrs.append(
-                E.PHDR.pack(E.PT.LOAD, E.PF.R | E.PF.W | E.PF.X, off, direct + paddr if direct
-                            else 0, paddr, size, size, 0)
-            )
-            seg_off[first] = off
+            phdrs += E.PHDR.pack(E.PT.LOAD, E.PF.R | E.PF.W | E.PF.X, off,
+                                 direct + paddr if direct else 0, paddr, size, size, 0)  # fmt: skip
             off += size
+            if len(phdrs) >= FLUSH:
+                _pwrite_all(fd, phdrs, phdrs_at)
+                phdrs_at += len(phdrs)
+                phdrs = bytearray()
         total = off
         if phnum >= E.PN_XNUM:  # the real count lives in section header 0's sh_info
             e_phnum, shoff, shnum = E.PN_XNUM, notes_off + len(notes), 1
@@ -74,16 +77,16 @@ class ElfWriter:
         flags = EF_INCOMPLETE if incomplete else 0
         ehdr = E.EHDR.pack(ident, E.ET.CORE, machine, 1, 0, E.EHDR.size, shoff, flags,
                            E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)
-        head = ehdr + b"".join(phdrs) + notes + shdr0
         os.ftruncate(fd, total)
-        _pwrite_all(fd, head, 0)
+        _pwrite_all(fd, ehdr, 0)
+        _pwrite_all(fd, bytes(phdrs) + notes + shdr0, phdrs_at)
 
         # Pass two: pages arrive in ascending PFN order, so file writes are sequential.
         buf = bytearray()
         buf_at = data_off
         runs = scan.iter_runs()
         run_first, run_count = next(runs, (0, 0))
-        base = seg_off.get(run_first, data_off)
+        base = data_off  # file offset of the current run (segments follow each other)
         done = 0
         total_pages = scan.good
         # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
@@ -94,8 +97,8 @@ class ElfWriter:
 
                 checkpoint("write-page")
             while pfn >= run_first + run_count:
+                base += run_count * ps
                 run_first, run_count = next(runs)
-                base = seg_off[run_first]
             at = base + (pfn - run_first) * ps
             if page is None:  # zero page: leave a hole
                 if buf:

@@ -26,7 +26,7 @@ from dumpsaver.decode import Dump
 from dumpsaver.physmem import PhysMem
 
 from . import interrupt as I
-from .harness import Machine, load_machine
+from .harness import Machine, load_machine, report
 
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m\x9b1m"
 BIDI = "\u202eevil\u2066\u2028"
@@ -366,3 +366,36 @@ def test_more_than_65535_runs(tmp_path: Path, fmt_name: str) -> None:
         assert prog.read(1024 * ps, ps, True) == content(0)
         with pytest.raises(drgn.FaultError):
             prog.read(1025 * ps, 8, True)  # a page left out is absent, not zeros
+
+
+def test_elf_writer_memory_does_not_grow_with_runs(tmp_path: Path) -> None:
+    """Regression: the ELF writer kept one program header and one dict entry per run
+    (~200 bytes each) before writing anything: a machine with millions of runs of
+    saved PFNs needed gigabytes.  Now the program headers are streamed."""
+    import tracemalloc
+    import types
+    from array import array
+
+    from dumpsaver.decode import Scan
+    from dumpsaver.writers.elf import ElfWriter
+
+    runs = 1_000_000
+    scan = Scan(runs=array("Q", [x for i in range(runs) for x in (2 * i, 1)]), good=runs)
+    h = types.SimpleNamespace(page_size=4096, truncated=False)
+    meta = fmt.MetaInfo()
+    dump = types.SimpleNamespace(header=h, meta=meta, meta_ok=True, header_ok=True,
+                                 pages=lambda s: iter(()))  # fmt: skip
+    out = tmp_path / "vmcore"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
+    tracemalloc.start()
+    try:
+        ElfWriter().write(fd, dump, scan, None)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    report("elf-writer-memory", {"runs": runs, "peak_traced_bytes": peak})
+    assert peak < 32 << 20, f"{peak / 1e6:.0f} MB for {runs} runs"
+    with open(out, "rb") as f:
+        ehdr = f.read(64)
+    assert int.from_bytes(ehdr[56:58], "little") == 0xFFFF  # PN_XNUM: count in shdr 0
