@@ -184,6 +184,8 @@ def cmd_save(ctx: Ctx) -> int:
                 hint="fix the cause (see dumpsaver status), then run dumpsaver save --force",
                 exit_code=EXIT_GAVE_UP,
             )
+        if a.stdout:
+            return _save_stdout(ctx, cand, dump)
         _notify(f"Saving dump {did}")
         try:
             res = save_mod.save(
@@ -212,6 +214,26 @@ def cmd_save(ctx: Ctx) -> int:
     elif not a.no_restart and ctx.cfg.restart != "continue" and not a.keep:
         _restart(ctx.cfg.restart, did)
     return code
+
+
+def _save_stdout(ctx: Ctx, cand: Any, dump: Any) -> int:
+    """``save --stdout``: the flattened kdump-compressed stream, for a pipe to another
+    machine (``| ssh host 'makedumpfile -R vmcore'``).  Nothing durable is known here,
+    so the dump stays in memory unless --release is given."""
+    from dumpsaver.writers import flat
+
+    if sys.stdout.isatty():
+        raise DumpsaverError("refusing to write a binary dump to a terminal",
+                             hint="pipe it: dumpsaver save --stdout | makedumpfile -R FILE")
+    sys.stdout.flush()
+    bar = _Bar() if sys.stderr.isatty() else None
+    written, scan = flat.stream_save(cand, dump, sys.stdout.fileno(), mem_path=ctx.mem,
+                                     release=ctx.args.release, progress=bar)
+    incomplete = dump.header.truncated or scan.nr_damaged or not dump.meta_ok
+    kept = "released" if ctx.args.release else "kept in memory"
+    print(f"dumpsaver: streamed {written.pages} pages ({human(written.size)}) to stdout"
+          f"{' INCOMPLETE' if incomplete else ''}; the dump is {kept}", file=sys.stderr)
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
 
 
 def _restart(action: str, dump_id: str = "") -> None:
@@ -489,6 +511,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="do not release the dump after saving")
     s.add_argument("--force", action="store_true",
                    help="save even when the header checksum fails or max_attempts is reached")
+    s.add_argument("--stdout", action="store_true",
+                   help="stream the dump to standard output in makedumpfile's flattened form "
+                   "(makedumpfile -R rebuilds it); the dump stays in memory")
+    s.add_argument("--release", action="store_true",
+                   help="with --stdout: release the dump once the last byte was written")
     s.add_argument("--check", action="store_true",
                    help="only check: exit 0 if a dump is waiting, 3 if not")
     s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
