@@ -22,7 +22,7 @@ from dumpsaver.codecs import Codec
 from dumpsaver.writers.flat import write_flat
 from dumpsaver.writers.kdump import KdumpWriter
 
-from .conftest import Sim, header_of, run_cli, save_sim
+from .conftest import Sim, header_of, save_sim
 from .test_kdump import INCOMPLETE, ZLIB, KdumpFile, _poke, _stored_paddr, check_file, open_dump
 
 drgn = pytest.importorskip("drgn", reason="drgn (from PyPI, with libkdumpfile) is the reader")
