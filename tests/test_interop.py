@@ -213,6 +213,101 @@ def test_makedumpfile_converts_our_elf_core(make_sim, tmp_path) -> None:  # type
     assert ok == sim.manifest["saved_pages"]
 
 
+KMAP = 0xFFFFFFFF80000000  # __START_KERNEL_map
+UTS_VADDR = KMAP + 0xA13520  # init_uts_ns
+PGD_VADDR = KMAP + 0x100000  # init_top_pgt
+
+
+def kernel_like_machine(d: Path) -> tuple[Path, int, dict[int, bytes]]:
+    """A small machine whose dump holds what makedumpfile and drgn need to work from
+    VMCOREINFO, as a real kernel's dump does: page tables mapping the kernel image
+    (init_top_pgt -> a 1 GiB page at physical 0), init_uts_ns behind them, mem_map's
+    address and the struct page layout.  Returns (memory image, header paddr, pages)."""
+    import random
+    import struct
+    import uuid
+
+    from dumpsaver import elfnote
+    from dumpsaver import format as fmt
+    from dumpsaver.encode import encode_dump
+    from dumpsaver.physmem import LogicalStream, PhysMem, Range
+
+    pages: dict[int, bytes] = {}
+    pgd = bytearray(PS)
+    struct.pack_into("<Q", pgd, 511 * 8, 0x101000 | 0x63)  # PML4[511] -> the PDPT below
+    pages[0x100] = bytes(pgd)
+    pdpt = bytearray(PS)
+    struct.pack_into("<Q", pdpt, 510 * 8, 0xE3)  # PDPT[510]: 1 GiB page at 0 (PSE)
+    pages[0x101] = bytes(pdpt)
+    mem_map = bytearray(PS)
+    struct.pack_into("<Q", mem_map, 0, 0xFFFFEA0000000000)  # the mem_map pointer
+    pages[0x102] = bytes(mem_map)
+    uts = bytearray(PS)
+    at = (UTS_VADDR & 0xFFF) + 4  # struct uts_namespace { struct kref; new_utsname name; }
+    for i, field in enumerate([b"Linux", b"kernel-like", RELEASE.encode(), b"#1 SMP",
+                               b"x86_64", b"(none)"]):
+        uts[at + 65 * i : at + 65 * i + len(field)] = field
+    pages[(UTS_VADDR - KMAP) >> 12] = bytes(uts)
+    rng = random.Random(5)
+    for pfn in range(0x200, 0x240):
+        pages[pfn] = rng.randbytes(PS // 2) + bytes(PS // 2)
+    vmcoreinfo = "".join(f"{k}={v}\n" for k, v in [
+        ("OSRELEASE", RELEASE), ("PAGESIZE", PS), ("SYMBOL(init_uts_ns)", f"{UTS_VADDR:x}"),
+        ("SYMBOL(swapper_pg_dir)", f"{PGD_VADDR:x}"), ("SYMBOL(init_top_pgt)", f"{PGD_VADDR:x}"),
+        ("SYMBOL(_stext)", f"{KMAP + 0x1000000:x}"), ("SYMBOL(mem_map)", f"{KMAP + 0x102000:x}"),
+        ("SIZE(page)", 64), ("OFFSET(page.flags)", 0), ("OFFSET(page._refcount)", 52),
+        ("OFFSET(page.mapping)", 24), ("OFFSET(page.lru)", 8), ("NUMBER(phys_base)", 0),
+        ("KERNELOFFSET", 0), ("CRASHTIME", 1700000000)])
+    meta = fmt.MetaInfo(panic="kernel-like", uts={"sysname": "Linux", "nodename": "kernel-like",
+                        "release": RELEASE, "version": "#1 SMP", "machine": "x86_64"},
+                        prstatus=[elfnote.prstatus(1, [0] * 27)], vmcoreinfo=vmcoreinfo)
+    image = d / "mem"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+        for pfn, data in pages.items():
+            f.seek(pfn * PS)
+            f.write(data)
+    area = (12 << 20, 4 << 20)
+    with PhysMem(str(image), [Range(area[0], sum(area))], writable=True) as mem:
+        encode_dump(LogicalStream(mem, [area]), sorted(pages.items()), page_size=PS,
+                    mem_pages=(16 << 20) // PS, codec=Codec.ZLIB, meta=meta,
+                    excluded=fmt.DEFAULT_EXCLUDED, class_pages=(0,) * 8,
+                    crash_time_ns=1_700_000_000 * 10**9, boot_id=uuid.uuid4())
+    return image, area[0], pages
+
+
+def test_kernel_like_dump_converts_with_its_vmcoreinfo(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With kernel page tables in the dump, makedumpfile converts our ELF core as it is
+    (VMCOREINFO kept), and drgn reads kernel virtual addresses in all three files."""
+    from dumpsaver.decode import Dump
+    from dumpsaver.physmem import PhysMem, Range
+    from dumpsaver.writers.elf import ElfWriter
+
+    mdf = need("makedumpfile")
+    image, header, pages = kernel_like_machine(tmp_path)
+    with PhysMem(str(image), [Range(header, header + (4 << 20))]) as mem:
+        dump = Dump(mem, header)
+        scan = dump.scan()
+        for writer in (ElfWriter(), KdumpWriter()):
+            with open(tmp_path / f"vmcore.{writer.name}", "wb") as f:
+                writer.write(f.fileno(), dump, scan, None)
+    r = subprocess.run([mdf, "-c", "-d", "0", str(tmp_path / "vmcore.elf"),
+                        str(tmp_path / "converted")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "The kernel version is not supported." in r.stdout + r.stderr  # a warning only
+    kf = KdumpFile.open(tmp_path / "converted")
+    assert kf.vmcoreinfo.startswith(f"OSRELEASE={RELEASE}\n")
+    assert kf.uts[1] == "kernel-like"  # makedumpfile read it through our page tables
+    release_vaddr = UTS_VADDR + 4 + 65 * 2
+    for name in ("vmcore.elf", "vmcore.kdump", "converted"):
+        prog = drgn.Program()
+        prog.set_core_dump(str(tmp_path / name))
+        assert prog.read(release_vaddr, len(RELEASE)) == RELEASE.encode(), name
+        for pfn, data in pages.items():
+            assert prog.read(pfn * PS, PS, True) == data, (name, pfn)
+    assert run_crash("--osrelease", str(tmp_path / "converted")).strip() == RELEASE
+
+
 def test_makedumpfile_does_not_refilter_our_kdump_file(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
     mdf = need("makedumpfile")
     sim, _ = _make(make_sim, "idle-zlib")

@@ -203,6 +203,22 @@ def test_estimate_is_an_upper_bound(make_sim) -> None:  # type: ignore[no-untype
                 assert w.pages == scan.good
 
 
+def test_utsname_is_never_empty() -> None:
+    """libkdumpfile ignores a header utsname with an empty field, then knows no arch."""
+    from types import SimpleNamespace
+
+    from dumpsaver.writers.kdump import utsname
+
+    meta = fmt.MetaInfo(uts={"nodename": "", "release": ""}, machine=62,
+                        vmcoreinfo="PAGESIZE=4096\nOSRELEASE=6.1.0-x\n")
+    raw = utsname(SimpleNamespace(meta=meta))  # type: ignore[arg-type]
+    fields = [raw[65 * i : 65 * (i + 1)].rstrip(b"\0").decode() for i in range(6)]
+    assert fields == ["Linux", "(none)", "6.1.0-x", "(none)", "x86_64", "(none)"]
+    meta = fmt.MetaInfo(uts=dict(zip(fmt.UTS_FIELDS, "abcdef", strict=True)))
+    raw = utsname(SimpleNamespace(meta=meta))  # type: ignore[arg-type]
+    assert [raw[65 * i : 65 * i + 1] for i in range(6)] == [c.encode() for c in "abcdef"]
+
+
 def test_get_returns_the_kdump_writer() -> None:
     w = get("kdump")
     assert (w.name, w.filename) == ("kdump", "vmcore")

@@ -167,28 +167,40 @@ def dump_level(excluded: frozenset[fmt.PageClass]) -> int:
     return int(level)
 
 
+def _vmcoreinfo_value(vmcoreinfo: str, key: str) -> str | None:
+    for line in vmcoreinfo.splitlines():
+        k, sep, value = line.partition("=")
+        if sep and k == key:
+            return value.strip()
+    return None
+
+
 def phys_base(vmcoreinfo: str) -> int:
     """NUMBER(phys_base) from VMCOREINFO (the kernel prints it in decimal), else 0."""
-    for line in vmcoreinfo.splitlines():
-        key, _, value = line.partition("=")
-        if key == "NUMBER(phys_base)":
-            try:
-                return int(value, 0) & 0xFFFFFFFFFFFFFFFF
-            except ValueError:
-                try:
-                    return int(value, 16)
-                except ValueError:
-                    return 0
-    return 0
+    value = _vmcoreinfo_value(vmcoreinfo, "NUMBER(phys_base)")
+    if value is None:
+        return 0
+    try:
+        return int(value, 10) & 0xFFFFFFFFFFFFFFFF
+    except ValueError:
+        return 0
 
 
 def utsname(dump: Dump) -> bytes:
-    uts = dict(dump.meta.uts)
+    """The six utsname fields, none empty: libkdumpfile (drgn) ignores a header utsname
+    with an empty sysname, nodename, release, version or machine, and then cannot tell
+    the architecture.  Missing fields come from VMCOREINFO and e_machine, or are
+    "(none)", the kernel's own word for an unset nodename and domainname."""
+    uts = {k: v for k, v in dump.meta.uts.items() if v}
     uts.setdefault("sysname", "Linux")
-    if not uts.get("machine"):
-        uts["machine"] = MACHINES.get(dump.meta.machine, "")
+    if "release" not in uts:
+        release = _vmcoreinfo_value(dump.meta.vmcoreinfo, "OSRELEASE")
+        if release:
+            uts["release"] = release
+    if "machine" not in uts and dump.meta.machine in MACHINES:
+        uts["machine"] = MACHINES[dump.meta.machine]
     return b"".join(
-        uts.get(k, "").encode("utf-8", "replace")[: fmt.UTS_LEN - 1].ljust(fmt.UTS_LEN, b"\0")
+        uts.get(k, "(none)").encode("utf-8", "replace")[: fmt.UTS_LEN - 1].ljust(fmt.UTS_LEN, b"\0")
         for k in fmt.UTS_FIELDS
     )
 
