@@ -72,6 +72,11 @@ class EntryFlag(enum.IntFlag):
     RAW = 0x2  # stored uncompressed (compression did not make it smaller)
 
 
+# Plain ints for the per-page hot path (IntFlag operators cost microseconds each).
+_ZERO = int(EntryFlag.ZERO)
+_RAW = int(EntryFlag.RAW)
+
+
 class Meta(enum.IntEnum):
     PANIC = 1
     UTS = 2  # six NUL-padded 65-byte fields, like struct new_utsname
@@ -362,11 +367,11 @@ class Entry:
 
     @property
     def zero(self) -> bool:
-        return bool(self.flags & EntryFlag.ZERO)
+        return bool(self.flags & _ZERO)
 
     @property
     def raw(self) -> bool:
-        return bool(self.flags & EntryFlag.RAW)
+        return bool(self.flags & _RAW)
 
     def encode(self) -> bytes:
         head = ENTRY.pack(self.pfn, self.offset, self.length, self.crc, self.flags, 0)[:28]
@@ -394,13 +399,13 @@ def check_entry(
         return e, EntryProblem.ORDER
     if pfn >= h.mem_pages:
         return e, EntryProblem.PFN
-    if flags & ~int(EntryFlag.ZERO | EntryFlag.RAW):
+    if flags & ~(_ZERO | _RAW):
         return e, EntryProblem.FLAGS
-    if flags & EntryFlag.ZERO:
+    if flags & _ZERO:
         if length != 0:
             return e, EntryProblem.LENGTH
         return e, None
-    if length == 0 or length > h.page_size or (flags & EntryFlag.RAW and length != h.page_size):
+    if length == 0 or length > h.page_size or (flags & _RAW and length != h.page_size):
         return e, EntryProblem.LENGTH
     if doff < h.data_offset or doff + length > h.data_offset + h.data_bytes:
         return e, EntryProblem.BOUNDS
