@@ -122,25 +122,45 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           text=True, env=e, timeout=300)
 
 
-def check_against_truth(vmcore: Path, sim: Sim, *, absent_sample: int = 64) -> int:
-    """Every saved page reads back equal through drgn; unsaved pages are absent."""
+def check_against_truth(
+    vmcore: Path, sim: Sim, *, missing: frozenset[int] = frozenset(), absent_sample: int = 64
+) -> int:
+    """Through drgn (an independent reader of ELF and kdump-compressed files): every saved
+    page but ``missing`` reads back equal to the ground truth; unsaved and ``missing``
+    pages are absent (FaultError), not zeros."""
     drgn = pytest.importorskip("drgn", reason="drgn is the independent reader")
     prog = drgn.Program()
     prog.set_core_dump(str(vmcore))
+    assert prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL
     ps = sim.manifest["page_size"]
-    saved = sim.saved_pfns()
+    saved = [p for p in sim.saved_pfns() if p not in missing]
     with open(sim.before, "rb") as f:
         for pfn in saved:
             f.seek(pfn * ps)
             assert prog.read(pfn * ps, ps, True) == f.read(ps), f"page {pfn} differs"
     saved_set = set(saved)
     mem_pages = sim.manifest["memory"] // ps
-    unsaved = [p for p in range(0, mem_pages, max(1, mem_pages // (absent_sample * 4)))
-               if p not in saved_set][:absent_sample]
+    unsaved = sorted(missing) + [
+        p for p in range(0, mem_pages, max(1, mem_pages // (absent_sample * 4)))
+        if p not in saved_set and p not in missing][:absent_sample]
     for pfn in unsaved:
         with pytest.raises(drgn.FaultError):
             prog.read(pfn * ps, ps, True)
     return len(saved)
+
+
+def logical_paddr(h: fmt.Header, offset: int) -> int:
+    """The physical address of a logical offset of the dump stream."""
+    for e in h.extents:
+        if offset < e.length:
+            return e.paddr + offset
+        offset -= e.length
+    raise AssertionError(f"offset {offset:#x} beyond the dump area")
+
+
+def entry_paddr(h: fmt.Header, index: int) -> int:
+    """The physical address of directory entry ``index``."""
+    return logical_paddr(h, h.dir_offset + index * fmt.ENTRY.size)
 
 
 def header_of(sim: Sim) -> fmt.Header:

@@ -12,7 +12,7 @@ import pytest
 from dumpsaver import format as fmt
 from dumpsaver.errors import EXIT_CORRUPT, FormatError, OutsideAreaError
 
-from .conftest import Sim, header_of, run_cli, save_sim
+from .conftest import Sim, entry_paddr, header_of, logical_paddr, run_cli, save_sim
 
 
 def poke(sim: Sim, paddr: int, data: bytes) -> None:
@@ -28,18 +28,9 @@ def rewrite_header(sim: Sim, **changes: Any) -> fmt.Header:
     return h
 
 
-def entry_paddr(sim: Sim, h: fmt.Header, index: int) -> int:
-    off = h.dir_offset + index * fmt.ENTRY.size
-    for e in h.extents:
-        if off < e.length:
-            return e.paddr + off
-        off -= e.length
-    raise AssertionError
-
-
 def read_entry(sim: Sim, h: fmt.Header, index: int) -> fmt.Entry:
     with open(sim.mem, "rb") as f:
-        f.seek(entry_paddr(sim, h, index))
+        f.seek(entry_paddr(h, index))
         raw = f.read(fmt.ENTRY.size)
     e, _problem = fmt.check_entry(raw, 0, h, -1)
     assert e is not None
@@ -113,7 +104,7 @@ def test_directory_entry_pointing_outside_is_damage(make_sim, tmp_path) -> None:
     i = next(i for i in range(h.nr_entries) if not read_entry(sim, h, i).zero)
     e = read_entry(sim, h, i)
     evil = dataclasses.replace(e, offset=h.area_bytes + (1 << 30))  # re-sealed entry CRC
-    poke(sim, entry_paddr(sim, h, i), evil.encode())
+    poke(sim, entry_paddr(h, i), evil.encode())
     res = save_sim(sim, tmp_path / "dumps")
     assert res.status == "incomplete"
     assert res.info["pages"]["damaged"] == 1
@@ -130,13 +121,8 @@ def test_decompression_bomb(make_sim, tmp_path) -> None:  # type: ignore[no-unty
     e = read_entry(sim, h, i)
     # Put the bomb in place of the page, truncated to the page's stored length, CRC re-sealed.
     stored = bomb[: e.length]
-    off = e.offset
-    for ext in h.extents:
-        if off < ext.length:
-            poke(sim, ext.paddr + off, stored)
-            break
-        off -= ext.length
-    poke(sim, entry_paddr(sim, h, i), dataclasses.replace(e, crc=fmt.page_crc(stored)).encode())
+    poke(sim, logical_paddr(h, e.offset), stored)
+    poke(sim, entry_paddr(h, i), dataclasses.replace(e, crc=fmt.page_crc(stored)).encode())
     res = save_sim(sim, tmp_path / "dumps")
     assert res.status == "incomplete"
     assert res.info["damage"] == {"page does not decompress": 1}
@@ -147,12 +133,7 @@ def test_page_checksum_mismatch_is_salvaged(make_sim, tmp_path) -> None:  # type
     h = header_of(sim)
     i = next(i for i in range(h.nr_entries) if not read_entry(sim, h, i).zero)
     e = read_entry(sim, h, i)
-    off = e.offset
-    for ext in h.extents:
-        if off < ext.length:
-            poke(sim, ext.paddr + off + 3, b"\x00\x01\x02")
-            break
-        off -= ext.length
+    poke(sim, logical_paddr(h, e.offset) + 3, b"\x00\x01\x02")
     res = save_sim(sim, tmp_path / "dumps")
     assert res.status == "incomplete"
     assert res.info["damage"] == {"page checksum mismatch": 1}

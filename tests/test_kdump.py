@@ -25,7 +25,7 @@ from dumpsaver.writers import get
 from dumpsaver.writers.flat import FlatKdumpWriter, write_flat
 from dumpsaver.writers.kdump import FileSink, KdumpWriter, Layout, dumped_bitmap, write_kdump
 
-from .conftest import Sim, header_of, save_sim
+from .conftest import Sim, entry_paddr, header_of, save_sim
 
 CODECS = [c for c in Codec if codecs.available(c)]
 ZLIB, LZO, SNAPPY, INCOMPLETE, ZSTD = 0x1, 0x2, 0x4, 0x8, 0x20
@@ -396,7 +396,7 @@ def test_pages_damaged_between_passes(make_sim) -> None:  # type: ignore[no-unty
         _poke(sim, _stored_paddr(sim, h, changed), b"\xff\xff\xff")
         # A directory entry that no longer checks: pass two skips it altogether.
         idx = next(i for i in range(h.nr_entries) if _entry_pfn(sim, h, i) == gone.pfn)
-        _poke(sim, _entry_paddr(h, idx) + 8, b"\x01")
+        _poke(sim, entry_paddr(h, idx) + 8, b"\x01")
         dump._win.cache.clear()  # what is in memory now, not what pass one cached
         out = sim.dir / "vmcore"
         with open(out, "wb") as f:
@@ -413,18 +413,9 @@ def test_pages_damaged_between_passes(make_sim) -> None:  # type: ignore[no-unty
         assert kf.page(pfn, d) == want, pfn
 
 
-def _entry_paddr(h: fmt.Header, index: int) -> int:
-    off = h.dir_offset + index * fmt.ENTRY.size
-    for e in h.extents:
-        if off < e.length:
-            return e.paddr + off
-        off -= e.length
-    raise AssertionError
-
-
 def _entry_pfn(sim: Sim, h: fmt.Header, index: int) -> int:
     with open(sim.mem, "rb") as f:
-        f.seek(_entry_paddr(h, index))
+        f.seek(entry_paddr(h, index))
         return int(struct.unpack("<Q", f.read(8))[0])
 
 

@@ -36,9 +36,12 @@ def test_roundtrip_many(make_sim, tmp_path_factory, seed, mib, profile, codec) -
     sim: Sim = make_sim(memory=mib << 20, profile=profile, seed=seed, codec=codec)
     dest = tmp_path_factory.mktemp("dest")
     res = save_sim(sim, dest)
-    assert res.status == "saved"
     vmcore, info = _saved(res.dump_dir)
-    assert info["complete"] is True
+    if sim.manifest["truncated"]:  # a tiny machine whose free pages ran out at panic
+        assert res.status == "incomplete" and info["complete"] is False
+        assert "ran out of dump space" in info["incomplete_reasons"][0]  # type: ignore[index]
+    else:
+        assert res.status == "saved" and info["complete"] is True
     assert info["codec"] == codec.label
     assert check_against_truth(vmcore, sim) == sim.manifest["saved_pages"]
     assert info["pages"]["saved"] == sim.manifest["saved_pages"]  # type: ignore[index]
