@@ -39,3 +39,18 @@ def test_shipped_config_shows_every_default() -> None:
 
     shipped = (REPO / "etc/dumpsaver/dumpsaver.yaml").read_text()
     assert shipped == config.render_default_file(), "regenerate etc/dumpsaver/dumpsaver.yaml"
+
+
+def test_benchmarks_smoke(tmp_path: Path) -> None:
+    """The benchmark command runs end to end on small machines (figures, not assertions:
+    speed is judged from benchmarks/results.json, never by a timed test)."""
+    import json
+
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks/run.py"), "--quick",
+                        "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["meta"]["quick"] is True
+    assert len(results) > 3, sorted(results)
