@@ -12,6 +12,9 @@ from collections.abc import Sequence
 CONFIG = "/etc/dumpsaver/dumpsaver.yaml"
 SYSFS_HEADER = "/sys/kernel/mcore/header"
 CMDLINE = "/proc/cmdline"
+IOMEM = "/proc/iomem"
+MEM = "/dev/mem"
+DUMP_MAGIC = b"MCOREDMP"  # dumpsaver.format.MAGIC (a test keeps them equal)
 
 
 def _config_is_default(path: str) -> bool:
@@ -27,9 +30,15 @@ def _config_is_default(path: str) -> bool:
 
 
 def surely_no_dump(
-    config: str | None = None, sysfs_header: str = SYSFS_HEADER, cmdline: str = CMDLINE
+    config: str | None = None,
+    sysfs_header: str = SYSFS_HEADER,
+    cmdline: str = CMDLINE,
+    iomem: str = IOMEM,
+    mem: str = MEM,
 ) -> bool:
-    """With the default configuration: no mcore sysfs tree and no memmap= reservation."""
+    """With the default configuration: no mcore sysfs tree, and no memmap= reservation
+    whose first bytes are a dump's magic.  Any doubt (an error, an unreadable file)
+    answers False: the full path then looks properly and reports what it finds."""
     if not _config_is_default(config or os.environ.get("DUMPSAVER_CONFIG", CONFIG)):
         return False
     if os.path.exists(sysfs_header):
@@ -39,7 +48,25 @@ def surely_no_dump(
             words = f.read(1 << 16).split()
     except OSError:
         return False
-    return not any(w.startswith(b"memmap=") and b"$" in w for w in words)
+    if not any(w.startswith(b"memmap=") and b"$" in w for w in words):
+        return True
+    # memmap= reservations: peek at the magic, through the same confined access
+    from pathlib import Path
+
+    from dumpsaver import locate
+    from dumpsaver.errors import DumpsaverError
+    from dumpsaver.physmem import PhysMem
+
+    try:
+        cands = locate.candidates(sysfs=Path(sysfs_header).parent, cmdline=Path(cmdline),
+                                  iomem=Path(iomem), use_memmap=True)
+        for c in cands:
+            with PhysMem(mem, c.ranges) as m:
+                if m.read(c.header, len(DUMP_MAGIC)) == DUMP_MAGIC:
+                    return False
+    except DumpsaverError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dumpsaver import format as fmt
 from dumpsaver import locate
 from dumpsaver.errors import EXIT_CORRUPT
 
@@ -110,8 +111,25 @@ def test_no_dump_fast_path(tmp_path: Path) -> None:
     assert cli.surely_no_dump(**args)
     cfg.write_text("# only comments\n\n#minfree: 1G\n")
     assert cli.surely_no_dump(**args)
+    # a memmap= reservation: decided by the magic at its start (read confined to it)
+    iomem, mem = tmp_path / "iomem", tmp_path / "mem"
+    iomem.write_text("00100000-2fffffff : System RAM\n30000000-30ffffff : Reserved\n")
+    with open(mem, "wb") as f:
+        f.truncate(0x31000000)
+    args.update(iomem=str(iomem), mem=str(mem))
     cmd.write_text("root=/dev/vda memmap=16M$0x30000000\n")
-    assert not cli.surely_no_dump(**args)
+    assert cli.surely_no_dump(**args)  # zeros there: no dump
+    with open(mem, "r+b") as f:
+        f.seek(0x30000000)
+        f.write(fmt.SAVED_MAGIC)
+    assert cli.surely_no_dump(**args)  # an already saved dump
+    with open(mem, "r+b") as f:
+        f.seek(0x30000000)
+        f.write(fmt.MAGIC)
+    assert cli.DUMP_MAGIC == fmt.MAGIC
+    assert not cli.surely_no_dump(**args)  # a dump: the full path saves it
+    iomem.write_text("30000000-30ffffff : System RAM\n")
+    assert not cli.surely_no_dump(**args)  # not reserved: the full path says why
     cmd.write_text("root=/dev/vda\n")
     hdr.write_text("0x30000000\n")
     assert not cli.surely_no_dump(**args)
