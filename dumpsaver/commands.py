@@ -368,7 +368,9 @@ def cmd_status(ctx: Ctx) -> int:
         p(f"self-test:   {'PASSED' if t['ok'] else 'NOT PASSED'}: {t['result']}")
     u = s["unit"]
     if u:
-        p(f"last run:    {u}")
+        p(f"last run:    {u.get('unit')}: {u.get('active_state')} ({u.get('sub_state')}), "
+          f"result {u.get('result', '?')}, exit status {u.get('exec_main_status', '?')}, "
+          f"started {u.get('started_at') or 'never'}")
     _print_dumps(s["dumps"])
     return EXIT_OK
 
