@@ -292,15 +292,8 @@ def _status(ctx: Ctx) -> dict[str, Any]:
         areas.append(entry)
     out["areas"] = areas
     out["waiting"] = waiting
-    dumps = []
-    for name, info in save_mod.saved_dumps(ctx.dest):
-        dumps.append({
-            "id": clean_text(name, 200), "crash_time": info.get("crash_time"),
-            "panic": clean_text(str(info.get("panic", "")), 300),
-            "size": info.get("file_size"), "complete": info.get("complete"),
-            "format": info.get("format"),
-        })
-    out["dumps"] = dumps
+    saved = save_mod.saved_dumps(ctx.dest)  # read once: listed here, verified below
+    out["dumps"] = [_summary(n, i) for n, i in saved]
     try:
         st = os.statvfs(ctx.dest)
         out["free_bytes"] = st.f_bavail * st.f_frsize
@@ -314,7 +307,7 @@ def _status(ctx: Ctx) -> dict[str, Any]:
 
     rec = selftest.pending(ctx.state_dir)
     if rec is not None:
-        v = selftest.verify(rec, [(ctx.dest / n, i) for n, i in save_mod.saved_dumps(ctx.dest)])
+        v = selftest.verify(rec, [(ctx.dest / n, i) for n, i in saved])
         out["selftest"] = {"ok": v.ok, "result": v.text, "dump_id": rec.get("dump_id")}
     else:
         out["selftest"] = None
@@ -395,15 +388,17 @@ def cmd_list(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _summary(name: str, info: dict[str, Any]) -> dict[str, Any]:
+    """One saved dump as status and list show it (every string escaped)."""
+    return {"id": clean_text(name, 200), "crash_time": info.get("crash_time"),
+            "panic": clean_text(str(info.get("panic", "")), 300), "size": info.get("file_size"),
+            "complete": info.get("complete"), "format": info.get("format")}
+
+
 def _status_dumps(ctx: Ctx) -> list[dict[str, Any]]:
     from dumpsaver import save as save_mod
 
-    return [
-        {"id": clean_text(n, 200), "crash_time": i.get("crash_time"),
-         "panic": clean_text(str(i.get("panic", "")), 300), "size": i.get("file_size"),
-         "complete": i.get("complete"), "format": i.get("format")}
-        for n, i in save_mod.saved_dumps(ctx.dest)
-    ]
+    return [_summary(n, i) for n, i in save_mod.saved_dumps(ctx.dest)]
 
 
 def cmd_info(ctx: Ctx) -> int:
