@@ -182,14 +182,6 @@ def saved_dumps(dest: Path) -> list[tuple[str, dict[str, Any]]]:
         os.close(fd)
 
 
-def _fsync_path(dir_fd: int, name: str) -> None:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rmtree_at(dest_fd: int, name: str) -> None:
     """Remove dest/name without following symlinks (shutil.rmtree is symlink-safe with fds)."""
     shutil.rmtree(name, dir_fd=dest_fd)

@@ -7,6 +7,7 @@ how many bytes the file will occupy, for the free-space check before writing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,15 @@ from typing import Protocol
 from dumpsaver.decode import Dump, Scan
 
 Progress = Callable[[int, int], None]  # (pages done, pages total)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """pwrite all of ``data`` at ``offset`` (pwrite may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
 
 
 @dataclass

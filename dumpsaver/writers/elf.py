@@ -15,7 +15,7 @@ import os
 
 from dumpsaver import elfnote as E
 from dumpsaver.decode import Dump, Scan
-from dumpsaver.writers import Progress, Written
+from dumpsaver.writers import Progress, Written, pwrite_all
 
 DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR
 FLUSH = 4 << 20
@@ -63,7 +63,7 @@ class ElfWriter:
                                  direct + paddr if direct else 0, paddr, size, size, 0)  # fmt: skip
             off += size
             if len(phdrs) >= FLUSH:
-                _pwrite_all(fd, phdrs, phdrs_at)
+                pwrite_all(fd, phdrs, phdrs_at)
                 phdrs_at += len(phdrs)
                 phdrs = bytearray()
         total = off
@@ -78,8 +78,8 @@ class ElfWriter:
         ehdr = E.EHDR.pack(ident, E.ET.CORE, machine, 1, 0, E.EHDR.size, shoff, flags,
                            E.EHDR.size, E.PHDR.size, e_phnum, E.SHDR.size, shnum, 0)
         os.ftruncate(fd, total)
-        _pwrite_all(fd, ehdr, 0)
-        _pwrite_all(fd, bytes(phdrs) + notes + shdr0, phdrs_at)
+        pwrite_all(fd, ehdr, 0)
+        pwrite_all(fd, bytes(phdrs) + notes + shdr0, phdrs_at)
 
         # Pass two: pages arrive in ascending PFN order, so file writes are sequential.
         buf = bytearray()
@@ -102,35 +102,27 @@ class ElfWriter:
             at = base + (pfn - run_first) * ps
             if page is None:  # zero page: leave a hole
                 if buf:
-                    _pwrite_all(fd, buf, buf_at)
+                    pwrite_all(fd, buf, buf_at)
                     buf = bytearray()
                 buf_at = at + ps
             else:
                 if at != buf_at + len(buf):
                     if buf:
-                        _pwrite_all(fd, buf, buf_at)
+                        pwrite_all(fd, buf, buf_at)
                         buf = bytearray()
                     buf_at = at
                 buf += page
                 if len(buf) >= FLUSH:
-                    _pwrite_all(fd, buf, buf_at)
+                    pwrite_all(fd, buf, buf_at)
                     buf_at += len(buf)
                     buf = bytearray()
             done += 1
             if progress is not None and done % 4096 == 0:
                 progress(done, total_pages)
         if buf:
-            _pwrite_all(fd, buf, buf_at)
+            pwrite_all(fd, buf, buf_at)
         if not flags and scan.nr_damaged:  # pages that failed only in pass two
-            _pwrite_all(fd, EF_INCOMPLETE.to_bytes(4, "little"), E_FLAGS_OFFSET)
+            pwrite_all(fd, EF_INCOMPLETE.to_bytes(4, "little"), E_FLAGS_OFFSET)
         if progress is not None:
             progress(done, total_pages)
         return Written(total, done)
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

@@ -42,7 +42,7 @@ from dumpsaver import elfnote as E
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor
 from dumpsaver.decode import Dump, Scan
-from dumpsaver.writers import Progress, Written
+from dumpsaver.writers import Progress, Written, pwrite_all
 
 SIGNATURE = b"KDUMP   "
 HEADER_VERSION = 6
@@ -118,11 +118,7 @@ class FileSink:
         self.fd = fd
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        pwrite_all(self.fd, data, offset)
 
 
 # -- layout -------------------------------------------------------------------------
