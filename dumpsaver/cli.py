@@ -17,18 +17,6 @@ MEM = "/dev/mem"
 DUMP_MAGIC = b"MCOREDMP"  # dumpsaver.format.MAGIC (a test keeps them equal)
 
 
-def _config_is_default(path: str) -> bool:
-    """True when the config file is missing or only comments (the defaults apply)."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(1 << 20)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return all(not ln.strip() or ln.lstrip().startswith(b"#") for ln in text.splitlines())
-
-
 def surely_no_dump(
     config: str | None = None,
     sysfs_header: str = SYSFS_HEADER,
@@ -39,7 +27,9 @@ def surely_no_dump(
     """With the default configuration: no mcore sysfs tree, and no memmap= reservation
     whose first bytes are a dump's magic.  Any doubt (an error, an unreadable file)
     answers False: the full path then looks properly and reports what it finds."""
-    if not _config_is_default(config or os.environ.get("DUMPSAVER_CONFIG", CONFIG)):
+    from dumpsaver.config import is_default
+
+    if not is_default(config):
         return False
     if os.path.exists(sysfs_header):
         return False

@@ -76,14 +76,20 @@ def compressor(codec: Codec, level: int | None = None) -> Compressor:
 
 
 def decompressor(codec: Codec, page_size: int) -> Decompressor:
-    """A function turning one stored page back into exactly ``page_size`` bytes, or CodecError."""
+    """A function turning one stored page back into exactly ``page_size`` bytes, or CodecError.
+
+    Nothing a stored page says can make it allocate more than about one page: the
+    output buffer is sized by ``page_size``, never by what a frame header claims (a
+    zstd frame may declare a content size of a terabyte).  A MemoryError is a codec
+    error too: it is that page's problem, not the dump's.
+    """
     if codec is Codec.ZLIB:
 
         def unzlib(data: bytes) -> bytes:
             d = zlib.decompressobj()
             try:
                 out = d.decompress(data, page_size)
-            except zlib.error as e:
+            except (zlib.error, MemoryError) as e:
                 raise CodecError(f"zlib: {e}") from None
             if len(out) != page_size or d.unconsumed_tail or not d.eof:
                 raise CodecError("zlib stream does not decode to exactly one page")
@@ -93,11 +99,18 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
     if codec is Codec.ZSTD:
         zstd = _zstd()
         dctx = zstd.ZstdDecompressor()
+        frame_size = zstd.frame_content_size
 
         def unzstd(data: bytes) -> bytes:
             try:
+                # The frame header's content size would size the output buffer: check it
+                # first (a cheap header parse).  -1: not recorded, then the output is
+                # capped at one page by max_output_size.
+                declared = frame_size(data)
+                if declared not in (page_size, -1):
+                    raise CodecError(f"zstd frame declares {declared} bytes, not one page")
                 out = dctx.decompress(data, max_output_size=page_size)
-            except zstd.ZstdError as e:
+            except (zstd.ZstdError, MemoryError) as e:
                 raise CodecError(f"zstd: {e}") from None
             if len(out) != page_size:
                 raise CodecError("zstd frame does not decode to exactly one page")
@@ -116,3 +129,4 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
         return out  # type: ignore[no-any-return]
 
     return unlz4
+

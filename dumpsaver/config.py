@@ -18,6 +18,46 @@ from dumpsaver.errors import ConfigError
 from dumpsaver.sizes import parse_size
 
 DEFAULT_PATH = Path("/etc/dumpsaver/dumpsaver.yaml")
+#: A config file above this is refused (by the fast path and the full path alike).
+MAX_FILE = 1 << 20
+#: Parser errors quote at most this much of a bad value.
+QUOTE = 60
+_PHYS_LIMIT = 1 << 63  # physmem.MAX_PHYS, without importing it here
+
+
+def _quote(v: Any) -> str:
+    """A bounded repr: a value built from YAML aliases can be huge when walked."""
+    if isinstance(v, str):
+        text = repr(v[: QUOTE + 1])
+    elif isinstance(v, (int, float, bool)) or v is None:
+        text = repr(v)
+    else:
+        text = f"a {type(v).__name__}"
+    return text if len(text) <= QUOTE else text[:QUOTE] + "..."
+
+
+def is_default(path: str | os.PathLike[str] | None = None) -> bool:
+    """True when ``load(path)`` gives the built-in defaults without parsing YAML: the
+    file (resolved as ``load`` does) is missing and not named explicitly, or holds only
+    comments.  False when it sets something, cannot be read or is too large: ``load``
+    then parses it or says why.  The boot's no-dump fast path decides with this, on
+    the same bytes ``load`` reads, so the two never disagree.
+    """
+    env = os.environ.get("DUMPSAVER_CONFIG")
+    explicit = path is None and env is not None  # ``path``: the default location (tests)
+    p = path or env or DEFAULT_PATH
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE + 1)
+    except FileNotFoundError:
+        return not explicit
+    except OSError:
+        return False
+    return len(data) <= MAX_FILE and _only_comments(data)
+
+
+def _only_comments(data: bytes) -> bool:
+    return all(not ln.strip() or ln.lstrip().startswith(b"#") for ln in data.splitlines())
 
 
 def _size(v: Any) -> int:
@@ -70,9 +110,12 @@ def _regions(v: Any) -> tuple[tuple[int, int], ...]:
     out = []
     for item in v:
         if not isinstance(item, str) or ":" not in item:
-            raise ValueError(f"{item!r} is not START:SIZE")
+            raise ValueError(f"{_quote(item)} is not START:SIZE")
         start, size = item.split(":", 1)
-        out.append((parse_size(start, allow_zero=True), parse_size(size)))
+        region = (parse_size(start, allow_zero=True), parse_size(size))
+        if region[0] + region[1] > _PHYS_LIMIT:
+            raise ValueError(f"{_quote(item)} lies beyond the physical address space")
+        out.append(region)
     return tuple(out)
 
 
@@ -134,11 +177,17 @@ class Config:
 assert [s.key for s in SETTINGS] == [f.name for f in fields(Config)][:-1]
 
 
-def from_mapping(data: dict[str, Any], source: str) -> Config:
+def from_mapping(data: dict[Any, Any], source: str) -> Config:
+    for k in data:
+        if not isinstance(k, str):
+            raise ConfigError(
+                f"{source}: setting names are strings, not {_quote(k)}",
+                hint="known keys: " + ", ".join(s.key for s in SETTINGS),
+            )
     unknown = sorted(set(data) - {s.key for s in SETTINGS})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r}",
+            f"{source}: unknown key {_quote(unknown[0])}",
             hint="known keys: " + ", ".join(s.key for s in SETTINGS),
         )
     values: dict[str, Any] = {}
@@ -148,6 +197,8 @@ def from_mapping(data: dict[str, Any], source: str) -> Config:
             values[s.key] = s.parse(raw)
         except Exception as e:  # every parser error becomes one message naming the key
             msg = getattr(e, "message", None) or str(e)
+            if len(msg) > 4 * QUOTE:
+                msg = msg[: 4 * QUOTE] + "..."
             raise ConfigError(f"{source}: bad value for {s.key!r}: {msg}") from None
     return Config(**values, source=source)
 
@@ -157,28 +208,51 @@ def load(path: Path | None = None) -> Config:
     explicit = path is not None or "DUMPSAVER_CONFIG" in os.environ
     p = path or Path(os.environ.get("DUMPSAVER_CONFIG", DEFAULT_PATH))
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {p} does not exist") from None
         return from_mapping({}, "built-in defaults")
     except OSError as e:
         raise ConfigError(f"cannot read {p}: {e.strerror}") from None
-    if all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+    if len(raw) > MAX_FILE:
+        raise ConfigError(f"{p} is larger than {MAX_FILE} bytes")
+    if _only_comments(raw):
         return from_mapping({}, str(p))  # only comments (as shipped): no YAML parser needed
     import yaml  # ~40 ms: only when the file sets something
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(raw.decode("utf-8", "replace"), Loader=_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML") from None
+        problem = getattr(e, "problem", None)
+        why = f": {problem}" if problem and "alias" in problem else ""
+        raise ConfigError(f"{p}:{where} is not valid YAML{why}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of settings at the top level")
     return from_mapping(data, str(p))
+
+
+def _loader() -> Any:
+    """PyYAML's safe loader without anchors and aliases: a config file has no use for
+    them, and they let a few lines expand into a structure of billions of nodes
+    ("billion laughs")."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, "uses an alias (aliases are not allowed here)",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+
+    return Loader
 
 
 def render_default_file() -> str:

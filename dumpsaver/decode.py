@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -94,13 +95,29 @@ class Scan:
 class Dump:
     """A dump found in memory.  Raises FormatError when the header cannot be trusted."""
 
-    def __init__(self, mem: PhysMem, header_paddr: int, *, force: bool = False) -> None:
+    def __init__(
+        self, mem: PhysMem, header_paddr: int, *, force: bool = False, ram_end: int | None = None
+    ) -> None:
+        """``ram_end``: where this machine's RAM ends (locate.Candidate.ram_end), the
+        evidence that bounds the header's mem_pages; None: only the format's bound."""
         self.mem = mem
         self.header_paddr = header_paddr
         fixed = mem.read(header_paddr, fmt.FIXED_SIZE)
         size = fmt.peek_header_size(fixed)
         block = fixed + mem.read(header_paddr + fmt.FIXED_SIZE, size - fmt.FIXED_SIZE)
-        self.header = h = fmt.decode_header(block, force=force)
+        h = fmt.decode_header(block, force=force)
+        #: What the header claimed, when more than the machine can have (else None).
+        self.mem_pages_claimed: int | None = None
+        if ram_end is not None:
+            # The memory the crashed kernel can have had: this machine's RAM, and at
+            # least the dump area itself.  Writers size their files by mem_pages (the
+            # kdump bitmaps): a header cannot make them bigger than the machine.
+            end = max([ram_end] + [r.end for r in mem.allowed])
+            limit = -(-end // h.page_size)
+            if h.mem_pages > limit:
+                self.mem_pages_claimed = h.mem_pages
+                h = dataclasses.replace(h, mem_pages=limit)
+        self.header = h
         (crc,) = fmt.CRC.unpack_from(block, size - fmt.CRC.size)
         #: False when ``force`` accepted a header that failed its checksum: its counts
         #: (entries, sizes) may be wrong, so such a dump is never called complete.
@@ -131,14 +148,92 @@ class Dump:
         return self.header.dump_id
 
     def _entries(self) -> Iterator[tuple[fmt.Entry | None, fmt.EntryProblem | None]]:
+        """Every directory entry, checked, in directory order.
+
+        Order is judged with one entry of look-behind and two of look-ahead: an entry
+        is in order when its PFN is above the last accepted one and below one of the
+        next two entries that pass their own CRC.  So one entry with a wrong PFN
+        (beyond the end of memory, or far ahead) is that one damaged page; it never
+        becomes the PFN every later entry is compared with.
+        """
         h = self.header
+        check = fmt.check_entry
+        order = fmt.EntryProblem.ORDER
         prev = -1
+        end = h.mem_pages
+        pend: collections.deque[tuple[fmt.Entry | None, fmt.EntryProblem | None]]
+        pend = collections.deque()
+        valid = 0  # entries in ``pend`` that passed their CRC
+
+        def decide(
+            e: fmt.Entry, problem: fmt.EntryProblem | None, n1: int, n2: int
+        ) -> tuple[fmt.Entry, fmt.EntryProblem | None]:
+            nonlocal prev
+            pfn = e.pfn
+            if pfn <= prev or (pfn >= n1 and pfn >= n2 and pfn < end):
+                return e, order
+            if problem is None:
+                prev = pfn
+            return e, problem
+
         for chunk in fmt.iter_entries_raw(h, self.stream.read):
             for off in range(0, len(chunk), fmt.ENTRY.size):
-                e, problem = fmt.check_entry(chunk, off, h, prev)
-                if e is not None and problem is not fmt.EntryProblem.ORDER:
-                    prev = e.pfn
+                item = check(chunk, off, h, -1)
+                if item[0] is None and not pend:
+                    yield item
+                    continue
+                pend.append(item)
+                if item[0] is None:
+                    continue
+                valid += 1
+                while valid >= 3:
+                    e, problem = pend.popleft()
+                    if e is None:
+                        yield e, problem
+                        continue
+                    valid -= 1
+                    ahead = [x[0].pfn for x in pend if x[0] is not None][:2]
+                    yield decide(e, problem, ahead[0], ahead[1])
+                    while pend and pend[0][0] is None:
+                        yield pend.popleft()
+        while pend:
+            e, problem = pend.popleft()
+            if e is None:
                 yield e, problem
+                continue
+            ahead = [x[0].pfn for x in pend if x[0] is not None][:2]
+            ahead += [end, end]  # past the last entry: only mem_pages bounds it
+            yield decide(e, problem, ahead[0], ahead[1])
+
+    def read_page(self, pfn: int) -> bytes | None:
+        """The saved page ``pfn`` (zeros for a zero page), or None when the dump does not
+        hold it intact.  A binary search over the directory: a few entry reads, for the
+        odd page a writer needs before pass two (a kernel variable)."""
+        h = self.header
+        lo, hi = 0, h.nr_entries
+        while lo < hi:
+            mid = (lo + hi) // 2
+            raw = self.stream.read(h.dir_offset + mid * fmt.ENTRY.size, fmt.ENTRY.size)
+            e, problem = fmt.check_entry(raw, 0, h, -1)
+            if e is None:
+                return None  # a damaged entry on the way: do not guess
+            if e.pfn < pfn:
+                lo = mid + 1
+            elif e.pfn > pfn:
+                hi = mid
+            elif problem is not None:
+                return None
+            elif e.zero:
+                return bytes(h.page_size)
+            else:
+                data = self._stored(e)
+                if data is None or e.raw:
+                    return data
+                try:
+                    return decompressor(h.codec, h.page_size)(data)
+                except CodecError:
+                    return None
+        return None
 
     def _stored(self, e: fmt.Entry) -> bytes | None:
         try:

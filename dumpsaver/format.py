@@ -35,6 +35,7 @@ VERSION = 1
 MAX_EXTENTS = 65536
 MAX_META_BYTES = 64 << 20
 MAX_STRING = 1 << 20
+MAX_LOG = 32 << 20  # the DMESG record is cut here (docs/format.md)
 MAX_CPUS = 8192
 PAGE_SIZES = (4096, 8192, 16384, 65536)
 
@@ -273,7 +274,21 @@ def decode_header(block: bytes, *, force: bool = False) -> Header:
     return h
 
 
+#: Physical addresses are below 2^63: /dev/mem offsets are a signed 64-bit off_t.
+MAX_PHYS = 1 << 63
+
+
 def _check_layout(h: Header) -> None:
+    # Extents must not overlap: each byte of the reserved area is in the logical stream
+    # at most once, so the stream (and every count derived from it: directory entries,
+    # pages, work) is bounded by the size of the reserved area, whatever the header says.
+    prev_end = 0
+    for e in sorted(h.extents, key=lambda x: x.paddr):
+        if e.paddr + e.length > MAX_PHYS:
+            raise FormatError(f"dump extent {e.paddr:#x}+{e.length:#x} beyond physical memory")
+        if e.paddr < prev_end:
+            raise FormatError(f"dump extents overlap at {e.paddr:#x}")
+        prev_end = e.paddr + e.length
     area = h.area_bytes
     if h.mem_pages <= 0 or h.mem_pages > (1 << 52) // h.page_size:
         raise FormatError(f"implausible memory size: {h.mem_pages} pages")
@@ -323,7 +338,7 @@ class MetaInfo:
         for regs in self.prstatus:
             rec(Meta.PRSTATUS, regs)
         rec(Meta.VMCOREINFO, self.vmcoreinfo.encode("utf-8", "replace")[:MAX_STRING])
-        rec(Meta.DMESG, self.dmesg.encode("utf-8", "replace")[: MAX_META_BYTES // 2])
+        rec(Meta.DMESG, self.dmesg.encode("utf-8", "replace")[:MAX_LOG])
         return bytes(out)
 
 
@@ -338,7 +353,7 @@ def decode_meta(data: bytes) -> MetaInfo:
             raise FormatError(f"meta record {kind} of {n} bytes overruns the meta section")
         body = data[off : off + n]
         off += n + (-(off + n) % 8)
-        text = body[:MAX_STRING].decode("utf-8", "replace")
+        text = body[:MAX_STRING].decode("utf-8", "replace") if kind != Meta.DMESG else ""
         if kind == Meta.PANIC:
             m.panic = text
         elif kind == Meta.UTS and n == UTS_LEN * len(UTS_FIELDS):
@@ -351,7 +366,7 @@ def decode_meta(data: bytes) -> MetaInfo:
         elif kind == Meta.VMCOREINFO:
             m.vmcoreinfo = text
         elif kind == Meta.DMESG:
-            m.dmesg = body.decode("utf-8", "replace")
+            m.dmesg = body[:MAX_LOG].decode("utf-8", "replace")
         elif kind == Meta.MACHINE and n == 2:
             (m.machine,) = struct.unpack("<H", body)
     return m

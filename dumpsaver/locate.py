@@ -15,13 +15,14 @@ attribute, so releasing means invalidating the header in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dumpsaver.errors import DumpsaverError
-from dumpsaver.physmem import Range, merge_ranges
+from dumpsaver.physmem import MAX_PHYS, Range, merge_ranges
 from dumpsaver.sizes import parse_size
 
 MAX_SYSFS_RANGES = 65536
@@ -36,6 +37,9 @@ class Candidate:
     ranges: tuple[Range, ...]
     header: int
     release: Path | None = None  # sysfs release attribute
+    #: The end of this boot's System RAM in /proc/iomem (None: not known).  The crashed
+    #: kernel ran on the same machine: a header claiming more memory is not believed.
+    ram_end: int | None = None
 
     @property
     def release_action(self) -> str:
@@ -113,7 +117,7 @@ def parse_memmap(cmdline: str) -> list[Range]:
                 size, addr = parse_size(m["size"]), parse_size(m["addr"], allow_zero=True)
             except DumpsaverError:
                 continue
-            if size > 0:
+            if size > 0 and addr + size <= MAX_PHYS:  # the kernel ignores one beyond it too
                 out.append(Range(addr, addr + size))
     return out
 
@@ -130,9 +134,19 @@ def parse_iomem(text: str) -> list[tuple[Range, str]]:
             start, last = int(a, 16), int(b, 16)
         except ValueError:
             continue
-        if last >= start:
+        if start <= last < MAX_PHYS:
             out.append((Range(start, last + 1), name.strip()))
     return out
+
+
+def ram_end(iomem: Path) -> int | None:
+    """The highest System RAM address + 1 in ``iomem``, or None (unreadable, hidden)."""
+    try:
+        entries = parse_iomem(_read_attr(iomem))
+    except DumpsaverError:
+        return None
+    ends = [r.end for r, name in entries if name == "System RAM"]
+    return max(ends) if ends and max(ends) > 1 else None
 
 
 def check_reserved(want: Range, iomem: list[tuple[Range, str]], iomem_path: Path) -> None:
@@ -159,9 +173,10 @@ def candidates(
 ) -> list[Candidate]:
     """Every place a dump may be, best first (see the module docstring)."""
     found: list[Candidate] = []
+    ram = ram_end(iomem) if iomem.exists() else None
     c = from_sysfs(sysfs)
     if c is not None:
-        found.append(c)
+        found.append(dataclasses.replace(c, ram_end=ram))
     want: list[tuple[str, str, Range]] = []
     if use_memmap and cmdline is not None:
         try:
@@ -176,5 +191,5 @@ def candidates(
         io = parse_iomem(_read_attr(iomem)) if iomem.exists() else []
         for method, source, r in want:
             check_reserved(r, io, iomem)
-            found.append(Candidate(method, f"{r} from {source}", (r,), r.start))
+            found.append(Candidate(method, f"{r} from {source}", (r,), r.start, ram_end=ram))
     return found

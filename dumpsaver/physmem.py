@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 from dumpsaver.errors import DumpsaverError, OutsideAreaError
 
+#: Physical addresses are below 2^63: /dev/mem offsets are a signed 64-bit off_t, and
+#: no machine has memory up there.  A range beyond it is refused where it is read.
+MAX_PHYS = 1 << 63
+
 
 @dataclass(frozen=True, order=True)
 class Range:
-    """A physical byte range [start, end)."""
+    """A physical byte range [start, end), below MAX_PHYS."""
 
     start: int
     end: int
@@ -25,6 +29,11 @@ class Range:
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end:
             raise ValueError(f"bad range [{self.start:#x}, {self.end:#x})")
+        if self.end > MAX_PHYS:
+            raise DumpsaverError(
+                f"physical range [{self.start:#x}, {self.end:#x}) lies beyond the physical "
+                "address space (2^63)"
+            )
 
     @property
     def size(self) -> int:
@@ -87,7 +96,7 @@ class PhysMem:
 
     def check(self, start: int, length: int) -> None:
         i = bisect.bisect_right(self._starts, start) - 1
-        if length < 0 or i < 0 or not self.allowed[i].contains(start, length):
+        if length < 0 or start < 0 or i < 0 or not self.allowed[i].contains(start, length):
             raise OutsideAreaError(
                 f"access to physical [{start:#x}, {start + length:#x}) is outside the reserved "
                 "dump area"

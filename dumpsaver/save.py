@@ -480,7 +480,7 @@ def open_dump(cand: Candidate, mem_path: str, *, force: bool = False) -> tuple[P
     checkpoint("locate")
     mem = PhysMem(mem_path, cand.ranges)
     try:
-        dump = Dump(mem, cand.header, force=force)
+        dump = Dump(mem, cand.header, force=force, ram_end=cand.ram_end)
     except FormatError:
         mem.close()
         raise

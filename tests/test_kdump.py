@@ -232,7 +232,10 @@ def test_dumped_bitmap_edges() -> None:
         for first, count in runs:
             for p in range(first, first + count):
                 s.add(p)
-        bm = dumped_bitmap(s, 16)
+        bm = bytearray(16)
+        for at, piece in dumped_bitmap(s, 16, chunk=3):  # pieces across byte boundaries
+            assert 0 < len(piece) <= 3 and any(piece)
+            bm[at : at + len(piece)] = piece
         want = {p for f, c in runs for p in range(f, f + c)}
         assert {p for p in range(128) if bm[p >> 3] >> (p & 7) & 1} == want
 

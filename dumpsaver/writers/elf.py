@@ -17,10 +17,69 @@ from dumpsaver import elfnote as E
 from dumpsaver.decode import Dump, Scan
 from dumpsaver.writers import Progress, Written, pwrite_all
 
-DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR
+DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR, 4-level paging
+DIRECT_MAP_L5 = 0xFF11000000000000  # the same with 5-level paging
+START_KERNEL_MAP = 0xFFFFFFFF80000000  # x86_64 __START_KERNEL_map: kernel text and data
+PUD_SIZE = 1 << 30  # KASLR moves the direct map in steps of this
+U64 = 1 << 64
 FLUSH = 4 << 20
 EF_INCOMPLETE = 0x1  # makedumpfile's mark of a partial ELF dump
 E_FLAGS_OFFSET = 48  # of e_flags in the ELF64 header
+
+
+def _vmcoreinfo(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k] = v.strip()
+    return out
+
+
+def _number(text: str | None, base: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def direct_map_base(dump: Dump) -> int | None:
+    """Where the crashed x86_64 kernel's direct map of physical memory began (its
+    page_offset_base), from the dump's VMCOREINFO; None when it cannot be known.
+
+    makedumpfile's way, in this order: NUMBER(page_offset_base) when the kernel
+    exports it; else SYMBOL(page_offset_base), the variable's address in the kernel
+    image, read from the dump itself (physical = address - __START_KERNEL_map +
+    phys_base); else, for a kernel without KASLR (KERNELOFFSET absent or 0), the
+    fixed base of its paging mode.  A randomized kernel without that evidence: None.
+    """
+    if dump.meta.machine != E.EM.X86_64:
+        return None
+    info = _vmcoreinfo(dump.meta.vmcoreinfo)
+    base = _number(info.get("NUMBER(page_offset_base)"), 0)
+    if base is None:
+        sym = _number(info.get("SYMBOL(page_offset_base)"), 16)
+        if sym is not None and START_KERNEL_MAP <= sym < U64 - 8:
+            phys = sym - START_KERNEL_MAP + (_number(info.get("NUMBER(phys_base)"), 0) or 0)
+            base = _read_u64(dump, phys)
+    if base is not None:
+        # A plausible direct map: in the kernel half, aligned as KASLR places it.
+        return base if (1 << 63) <= base < U64 and base % PUD_SIZE == 0 else None
+    if _number(info.get("KERNELOFFSET"), 16) not in (None, 0):
+        return None  # randomized, and nothing says where the direct map went
+    return DIRECT_MAP_L5 if info.get("NUMBER(pgtable_l5_enabled)") == "1" else DIRECT_MAP
+
+
+def _read_u64(dump: Dump, phys: int) -> int | None:
+    ps = dump.header.page_size
+    if phys < 0 or phys % 8 or phys // ps >= dump.header.mem_pages:
+        return None
+    page = dump.read_page(phys // ps)
+    if page is None:
+        return None
+    return int.from_bytes(page[phys % ps : phys % ps + 8], "little")
 
 
 def _layout(dump: Dump, scan: Scan) -> tuple[int, int, bytes]:
@@ -49,7 +108,9 @@ class ElfWriter:
         phnum, data_off, notes = _layout(dump, scan)
         notes_off = E.EHDR.size + phnum * E.PHDR.size
         machine = dump.meta.machine or E.EM.X86_64
-        direct = DIRECT_MAP if machine == E.EM.X86_64 else 0
+        # p_vaddr: the direct-map address of the segment, as /proc/vmcore gives it, or 0
+        # when unknown or not representable in 64 bits (high PFNs of a hostile header).
+        direct = direct_map_base(dump)
 
         # Program headers are streamed out in chunks: memory does not grow with the
         # number of runs (a fragmented machine can have millions).
@@ -59,8 +120,11 @@ class ElfWriter:
         for first, count in scan.iter_runs():
             paddr = first * ps
             size = count * ps
+            vaddr = direct + paddr if direct is not None else 0
+            if vaddr + size > U64:
+                vaddr = 0
             phdrs += E.PHDR.pack(E.PT.LOAD, E.PF.R | E.PF.W | E.PF.X, off,
-                                 direct + paddr if direct else 0, paddr, size, size, 0)  # fmt: skip
+                                 vaddr, paddr, size, size, 0)  # fmt: skip
             off += size
             if len(phdrs) >= FLUSH:
                 pwrite_all(fd, phdrs, phdrs_at)

@@ -36,6 +36,7 @@ import enum
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Protocol
 
 from dumpsaver import elfnote as E
@@ -218,21 +219,45 @@ def headers(dump: Dump, lay: Layout, status: int) -> tuple[bytes, bytes]:
     return dh.ljust(lay.block, b"\0"), sub + lay.notes
 
 
-def dumped_bitmap(scan: Scan, nbytes: int) -> bytearray:
-    """The 2nd bitmap: one bit per pfn of the scan's runs (O(mem_pages / 8) bytes)."""
-    bm = bytearray(nbytes)
+def dumped_bitmap(
+    scan: Scan, nbytes: int, chunk: int = BITMAP_CHUNK
+) -> Iterator[tuple[int, bytearray]]:
+    """The 2nd bitmap, one bit per pfn of the scan's runs, as (offset, bytes) pieces of at
+    most ``chunk`` bytes; pieces without a bit set are left out (holes in the file).
+
+    Memory is one piece, whatever mem_pages says; the pieces written are bounded by
+    the runs, which pass one bounded by the size of the dump area.
+    """
+    span = chunk * 8  # pfns per piece
+    cur = -1
+    bm = bytearray()
     for first, count in scan.iter_runs():
-        last = first + count  # exclusive
-        a, b = first >> 3, last >> 3
-        if a == b:
-            bm[a] |= ((1 << count) - 1) << (first & 7)
-            continue
-        bm[a] |= (0xFF << (first & 7)) & 0xFF
-        if b > a + 1:
-            bm[a + 1 : b] = b"\xff" * (b - a - 1)
-        if last & 7:
-            bm[b] |= (1 << (last & 7)) - 1
-    return bm
+        pfn, last = first, first + count
+        while pfn < last:
+            idx = pfn // span
+            if idx != cur:
+                if cur >= 0:
+                    yield cur * chunk, bm
+                cur = idx
+                bm = bytearray(min(chunk, nbytes - idx * chunk))
+            stop = min(last, (idx + 1) * span)
+            _set_bits(bm, pfn - idx * span, stop - idx * span)
+            pfn = stop
+    if cur >= 0:
+        yield cur * chunk, bm
+
+
+def _set_bits(bm: bytearray, first: int, last: int) -> None:
+    """Set bits [first, last) of ``bm``."""
+    a, b = first >> 3, last >> 3
+    if a == b:
+        bm[a] |= ((1 << (last - first)) - 1) << (first & 7)
+        return
+    bm[a] |= (0xFF << (first & 7)) & 0xFF
+    if b > a + 1:
+        bm[a + 1 : b] = b"\xff" * (b - a - 1)
+    if last & 7:
+        bm[b] |= (1 << (last & 7)) - 1
 
 
 def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> None:
@@ -252,6 +277,14 @@ def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> N
 # -- the pages ----------------------------------------------------------------------
 
 
+def _decodes(decompress: Decompressor, stored: bytes) -> bool:
+    try:
+        decompress(stored)
+    except CodecError:
+        return False
+    return True
+
+
 def write_kdump(
     sink: Sink, dump: Dump, scan: Scan, progress: Progress | None
 ) -> tuple[Written, int]:
@@ -263,14 +296,13 @@ def write_kdump(
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
+    verify = decompressor(h.codec, bs)
     incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
 
     # Bitmaps first: fixed by pass one.
     _write_ram_bitmap(sink, lay.bitmap_off, h.mem_pages, lay.bitmap_bytes)
-    bm = dumped_bitmap(scan, lay.bitmap_bytes)
-    for i in range(0, len(bm), BITMAP_CHUNK):
-        sink.write_at(lay.bitmap_off + lay.bitmap_bytes + i, bm[i : i + BITMAP_CHUNK])
-    del bm
+    for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
+        sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
 
     zero_desc = PAGE_DESC.pack(lay.zero_off, bs, 0, 0)
     pack = PAGE_DESC.pack
@@ -319,6 +351,12 @@ def write_kdump(
             lost += 1
         elif flags & zero_flag:
             descs.append(zero_desc)
+        elif decompress is None and not flags & raw_flag and not _decodes(verify, stored):
+            # A page copied unchanged must be one a reader can decompress: checked
+            # here (decompressed and dropped), or the file would claim a page it lacks.
+            scan.note_damage("page does not decompress", e.pfn)
+            descs.append(zero_desc)
+            lost += 1
         elif decompress is None or flags & raw_flag:
             n = len(stored)
             descs.append(pack(data_at + chunk_bytes, n, 0 if flags & raw_flag else copy_flag, 0))

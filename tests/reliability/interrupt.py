@@ -42,8 +42,10 @@ def save_argv(m: Machine, dest: Path, state: Path, config: Path, *,
         a = m.area[0]
         cmdline, iomem = m.dir / "cmdline", m.dir / "iomem"
         cmdline.write_text(f"root=/dev/vda memmap={a.end - a.start}${a.start:#x}\n")
+        top = m.manifest["memory"]  # RAM goes on above the reservation, as on a machine
         iomem.write_text(f"00000000-{a.start - 1:08x} : System RAM\n"
-                         f"{a.start:08x}-{a.end - 1:08x} : Reserved\n")  # fmt: skip
+                         f"{a.start:08x}-{a.end - 1:08x} : Reserved\n"
+                         f"{a.end:08x}-{top - 1:08x} : System RAM\n")  # fmt: skip
         where = ["--sysfs", str(m.dir / "no-sysfs"), "--cmdline", str(cmdline),
                  "--iomem", str(iomem)]  # fmt: skip
     else:

@@ -175,8 +175,10 @@ def test_memmap_region_is_the_only_thing_read(machine: Machine, tmp_path: Path) 
     cmdline = tmp_path / "cmdline"
     cmdline.write_text(f"root=/dev/vda memmap={size}${a.start:#x} quiet\n")
     iomem = tmp_path / "iomem"
+    top = machine.manifest["memory"]
     iomem.write_text(f"00000000-{a.start - 1:08x} : System RAM\n"
-                     f"{a.start:08x}-{a.end - 1:08x} : Reserved\n")  # fmt: skip
+                     f"{a.start:08x}-{a.end - 1:08x} : Reserved\n"
+                     f"{a.end:08x}-{top - 1:08x} : System RAM\n")  # fmt: skip
     cfg = tmp_path / "c.yaml"
     cfg.write_text("minfree: 0\n")
     argv = ["--config", str(cfg), "save", "--mem", str(machine.mem), "--sysfs",

@@ -23,7 +23,7 @@ from dumpsaver import locate
 from dumpsaver.codecs import Codec
 from dumpsaver.decode import Dump
 from dumpsaver.errors import DumpsaverError, FormatError
-from dumpsaver.physmem import PhysMem, Range
+from dumpsaver.physmem import MAX_PHYS, PhysMem, Range
 
 from .harness import Recorder
 
@@ -119,7 +119,8 @@ def test_parse_memmap_round_trip(items: list[tuple[int, int]], unit: str) -> Non
     mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
     words = ",".join(f"{size}{unit}${addr:#x}" for size, addr in items)
     got = locate.parse_memmap(f"root=/dev/sda memmap={words} quiet") if items else []
-    assert got == [Range(a, a + s * mult) for s, a in items]
+    # beyond 2^63 (no /dev/mem offset reaches it) the kernel has no memory: left out
+    assert got == [Range(a, a + s * mult) for s, a in items if a + s * mult <= MAX_PHYS]
 
 
 @FAST
