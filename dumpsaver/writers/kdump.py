@@ -37,7 +37,8 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 from dumpsaver import elfnote as E
 from dumpsaver import format as fmt
@@ -223,10 +224,12 @@ def dumped_bitmap(
     scan: Scan, nbytes: int, chunk: int = BITMAP_CHUNK
 ) -> Iterator[tuple[int, bytearray]]:
     """The 2nd bitmap, one bit per pfn of the scan's runs, as (offset, bytes) pieces of at
-    most ``chunk`` bytes; pieces without a bit set are left out (holes in the file).
+    most ``chunk`` bytes, cut to their first and last non-zero byte; the zeros between
+    are left out (holes in the file).
 
-    Memory is one piece, whatever mem_pages says; the pieces written are bounded by
-    the runs, which pass one bounded by the size of the dump area.
+    Memory is one piece, whatever mem_pages says; the bytes written are bounded by
+    the runs (a byte or a run's length / 8 each), which pass one bounded by the size
+    of the dump area.
     """
     span = chunk * 8  # pfns per piece
     cur = -1
@@ -237,14 +240,20 @@ def dumped_bitmap(
             idx = pfn // span
             if idx != cur:
                 if cur >= 0:
-                    yield cur * chunk, bm
+                    yield _trim(cur * chunk, bm)
                 cur = idx
                 bm = bytearray(min(chunk, nbytes - idx * chunk))
             stop = min(last, (idx + 1) * span)
             _set_bits(bm, pfn - idx * span, stop - idx * span)
             pfn = stop
     if cur >= 0:
-        yield cur * chunk, bm
+        yield _trim(cur * chunk, bm)
+
+
+def _trim(at: int, piece: bytearray) -> tuple[int, bytearray]:
+    first = len(piece) - len(piece.lstrip(b"\0"))
+    last = len(piece.rstrip(b"\0"))
+    return at + first, piece[first:last]
 
 
 def _set_bits(bm: bytearray, first: int, last: int) -> None:
@@ -277,12 +286,59 @@ def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> N
 # -- the pages ----------------------------------------------------------------------
 
 
-def _decodes(decompress: Decompressor, stored: bytes) -> bool:
-    try:
-        decompress(stored)
-    except CodecError:
-        return False
-    return True
+CHECK_BATCH = 2048  # pages per batch handed to the checking threads
+
+
+def _checked(
+    pairs: Iterator[tuple[fmt.Entry, bytes | None]], codec: Codec, page_size: int, raw_flag: int
+) -> Iterator[tuple[fmt.Entry, bytes | None, bool]]:
+    """``pairs`` with a third item: the stored page decompresses to exactly one page.
+
+    The copy needs no decompression, only this check, so it runs beside the copy:
+    batches of pages go to a few threads (zlib and zstd release the GIL while they
+    decompress) while the caller writes the previous batch.  Output: dropped."""
+    workers = max(1, min(4, (os.cpu_count() or 1)))
+
+    def check(part: list[tuple[fmt.Entry, bytes | None]]) -> list[bool]:
+        decompress = decompressor(codec, page_size)  # one per thread: zstd's is not shared
+        out = []
+        for e, stored in part:
+            ok = True
+            if stored and not e.flags & raw_flag:
+                try:
+                    decompress(stored)
+                except CodecError:
+                    ok = False
+            out.append(ok)
+        return out
+
+    def submit(pool: ThreadPoolExecutor, batch: list[tuple[fmt.Entry, bytes | None]]) -> Any:
+        step = -(-len(batch) // workers)
+        return [pool.submit(check, batch[i : i + step]) for i in range(0, len(batch), step)]
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="dumpsaver-check") as pool:
+        prev: tuple[list[tuple[fmt.Entry, bytes | None]], Any] | None = None
+        batch: list[tuple[fmt.Entry, bytes | None]] = []
+        for item in pairs:
+            batch.append(item)
+            if len(batch) >= CHECK_BATCH:
+                cur = (batch, submit(pool, batch))
+                batch = []
+                if prev is not None:
+                    yield from _zip_checked(*prev)
+                prev = cur
+        if prev is not None:
+            yield from _zip_checked(*prev)
+        if batch:
+            yield from _zip_checked(batch, submit(pool, batch))
+
+
+def _zip_checked(
+    batch: list[tuple[fmt.Entry, bytes | None]], futures: Any
+) -> Iterator[tuple[fmt.Entry, bytes | None, bool]]:
+    oks = [ok for f in futures for ok in f.result()]
+    for (e, stored), ok in zip(batch, oks, strict=True):
+        yield e, stored, ok
 
 
 def write_kdump(
@@ -296,7 +352,6 @@ def write_kdump(
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
-    verify = decompressor(h.codec, bs)
     incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
 
     # Bitmaps first: fixed by pass one.
@@ -338,7 +393,12 @@ def write_kdump(
 
     # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
     kill_in_loop = os.environ.get("DUMPSAVER_KILL_AT", "").startswith("write-page")
-    for e, stored in dump.stored_pages(scan):
+    pages: Iterator[tuple[fmt.Entry, bytes | None, bool]]
+    if decompress is None:  # pages copied unchanged: checked in worker threads
+        pages = _checked(dump.stored_pages(scan), h.codec, bs, raw_flag)
+    else:  # decompressed below anyway
+        pages = ((e, stored, True) for e, stored in dump.stored_pages(scan))
+    for e, stored, decodes in pages:
         if kill_in_loop:
             from dumpsaver.save import checkpoint
 
@@ -351,7 +411,7 @@ def write_kdump(
             lost += 1
         elif flags & zero_flag:
             descs.append(zero_desc)
-        elif decompress is None and not flags & raw_flag and not _decodes(verify, stored):
+        elif not decodes:
             # A page copied unchanged must be one a reader can decompress: checked
             # here (decompressed and dropped), or the file would claim a page it lacks.
             scan.note_damage("page does not decompress", e.pfn)
