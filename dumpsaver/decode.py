@@ -150,11 +150,11 @@ class Dump:
     def _entries(self) -> Iterator[tuple[fmt.Entry | None, fmt.EntryProblem | None]]:
         """Every directory entry, checked, in directory order.
 
-        Order is judged with one entry of look-behind and two of look-ahead: an entry
-        is in order when its PFN is above the last accepted one and below one of the
-        next two entries that pass their own CRC.  So one entry with a wrong PFN
-        (beyond the end of memory, or far ahead) is that one damaged page; it never
-        becomes the PFN every later entry is compared with.
+        An entry's PFN must be above the last accepted one, and below at least one of
+        the next two plausible PFNs: those of the next CRC-valid entries that are above
+        the last accepted PFN and below mem_pages (up to three looked at; none left:
+        nothing to compare).  So one entry with a wrong PFN, too high or too low, is that
+        one damaged page; it never becomes the PFN every later entry is compared with.
         """
         h = self.header
         check = fmt.check_entry
@@ -166,11 +166,22 @@ class Dump:
         valid = 0  # entries in ``pend`` that passed their CRC
 
         def decide(
-            e: fmt.Entry, problem: fmt.EntryProblem | None, n1: int, n2: int
+            e: fmt.Entry, problem: fmt.EntryProblem | None
         ) -> tuple[fmt.Entry, fmt.EntryProblem | None]:
             nonlocal prev
             pfn = e.pfn
-            if pfn <= prev or (pfn >= n1 and pfn >= n2 and pfn < end):
+            if pfn >= end:
+                return e, problem  # PFN beyond the end of memory
+            if pfn <= prev:
+                return e, order
+            seen, top = 0, -1
+            for x, _p in pend:  # the next two plausible PFNs
+                if x is not None and prev < x.pfn < end:
+                    top = max(top, x.pfn)
+                    seen += 1
+                    if seen == 2:
+                        break
+            if pfn >= top >= 0:
                 return e, order
             if problem is None:
                 prev = pfn
@@ -186,24 +197,18 @@ class Dump:
                 if item[0] is None:
                     continue
                 valid += 1
-                while valid >= 3:
+                while valid > 3:
                     e, problem = pend.popleft()
                     if e is None:
                         yield e, problem
                         continue
                     valid -= 1
-                    ahead = [x[0].pfn for x in pend if x[0] is not None][:2]
-                    yield decide(e, problem, ahead[0], ahead[1])
+                    yield decide(e, problem)
                     while pend and pend[0][0] is None:
                         yield pend.popleft()
         while pend:
             e, problem = pend.popleft()
-            if e is None:
-                yield e, problem
-                continue
-            ahead = [x[0].pfn for x in pend if x[0] is not None][:2]
-            ahead += [end, end]  # past the last entry: only mem_pages bounds it
-            yield decide(e, problem, ahead[0], ahead[1])
+            yield (e, problem) if e is None else decide(e, problem)
 
     def read_page(self, pfn: int) -> bytes | None:
         """The saved page ``pfn`` (zeros for a zero page), or None when the dump does not

@@ -47,7 +47,7 @@ def test_structured_fuzz_long(tmp_path: Path, codec: Codec) -> None:
     if not available(codec):
         pytest.skip(f"{codec.label} is not installed")
     m = make_machine(tmp_path / "m", memory=4 << 20, seed=3, codec=codec)
-    _campaign(m, f"long-{codec.label}", 20000)
+    _campaign(m, f"long-{codec.label}", 50000)
 
 
 VALUES = {
