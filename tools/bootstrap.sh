@@ -10,7 +10,7 @@ APT_PACKAGES=(
   # build pystemd and systemd-python from PyPI; the venv itself
   python3 python3-venv python3-dev gcc pkg-config libsystemd-dev
   # the real tools that read dumps
-  binutils makedumpfile crash
+  binutils makedumpfile crash gdb
   # real systemd in a container; a real kernel in QEMU (tests/e2e)
   systemd-container qemu-system-x86 mmdebstrap e2fsprogs
   # packaging (the e2e installs dumpsaver from its .deb)
