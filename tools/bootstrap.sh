@@ -11,6 +11,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config libsystemd-dev
   # the real tools that read dumps
   binutils makedumpfile crash gdb
+  # peak RSS of one command (tests/reliability/test_bounds.py, benchmarks/)
+  time
   # real systemd in a container; a real kernel in QEMU (tests/e2e)
   systemd-container qemu-system-x86 mmdebstrap e2fsprogs
   # packaging (the e2e installs dumpsaver from its .deb)

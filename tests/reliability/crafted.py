@@ -86,3 +86,13 @@ class Crafted:
             if not e.zero and e.length >= at_least and 2 <= i < n - 2:
                 return i
         raise AssertionError(f"no stored page of {at_least} bytes or more")
+
+
+def iomem_args(m: Machine, tmp: Path) -> list[str]:
+    """``--iomem`` with an /proc/iomem of the simulated machine: its RAM, the area reserved."""
+    p = tmp / "iomem"
+    a, top = m.area[0], m.manifest["memory"]
+    p.write_text(f"00000000-{a.start - 1:08x} : System RAM\n"
+                 f"{a.start:08x}-{a.end - 1:08x} : Reserved\n"
+                 f"{a.end:08x}-{top - 1:08x} : System RAM\n")  # fmt: skip
+    return ["--iomem", str(p)]

@@ -28,7 +28,7 @@ from dumpsaver.writers import elf as elf_writer
 from dumpsaver.writers.kdump import dumped_bitmap
 
 from . import interrupt as I
-from .crafted import Crafted
+from .crafted import Crafted, iomem_args
 from .harness import Machine, Recorder, make_machine, read_elf_pages, report
 
 PS = 4096
@@ -45,16 +45,6 @@ def _save(m: Machine, tmp: Path, *extra: str) -> tuple[int, dict[str, object] | 
         return rc, None
     (d,) = dumps
     return rc, json.loads((d / "info.json").read_text())
-
-
-def _iomem(m: Machine, tmp: Path) -> list[str]:
-    """An /proc/iomem of the simulated machine: its RAM, the dump area reserved."""
-    p = tmp / "iomem"
-    a, top = m.area[0], m.manifest["memory"]
-    p.write_text(f"00000000-{a.start - 1:08x} : System RAM\n"
-                 f"{a.start:08x}-{a.end - 1:08x} : Reserved\n"
-                 f"{a.end:08x}-{top - 1:08x} : System RAM\n")  # fmt: skip
-    return ["--iomem", str(p)]
 
 
 def _pages(m: Machine) -> tuple[int, dict[int, bytes]]:
@@ -235,7 +225,7 @@ def test_kdump_file_is_bounded_by_the_machine_not_mem_pages(
 ) -> None:
     c = Crafted(machine)
     c.set_header(mem_pages=1 << 32)  # 4 Gi pages: a 512 MiB bitmap each, before
-    rc, info = _save(machine, tmp_path, "--format", "kdump", *_iomem(machine, tmp_path))
+    rc, info = _save(machine, tmp_path, "--format", "kdump", *iomem_args(machine, tmp_path))
     assert rc == 0 and info is not None
     (d,) = I.visible_dumps(tmp_path / "dest")
     size = (d / "vmcore").stat().st_size
