@@ -9,11 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-CONFIG = "/etc/dumpsaver/dumpsaver.yaml"
-SYSFS_HEADER = "/sys/kernel/mcore/header"
-CMDLINE = "/proc/cmdline"
-IOMEM = "/proc/iomem"
-MEM = "/dev/mem"
+from dumpsaver.paths import CMDLINE, CONFIG, CONFIG_ENV, IOMEM, MEM, SYSFS_HEADER
+
 DUMP_MAGIC = b"MCOREDMP"  # dumpsaver.format.MAGIC (a test keeps them equal)
 
 
@@ -39,7 +36,7 @@ def surely_no_dump(
     """With the default configuration: no mcore sysfs tree, and no memmap= reservation
     whose first bytes are a dump's magic.  Any doubt (an error, an unreadable file)
     answers False: the full path then looks properly and reports what it finds."""
-    if not _config_is_default(config or os.environ.get("DUMPSAVER_CONFIG", CONFIG)):
+    if not _config_is_default(config or os.environ.get(CONFIG_ENV, CONFIG)):
         return False
     if os.path.exists(sysfs_header):
         return False

@@ -306,14 +306,12 @@ def test_flat_stream_through_a_pipe(make_sim) -> None:  # type: ignore[no-untype
 
 @pytest.mark.parametrize("release", [False, True])
 def test_stream_save_keeps_the_dump_unless_told(make_sim, release) -> None:  # type: ignore[no-untyped-def]
-    from dumpsaver.writers import flat
-
     sim = make_sim(memory=8 << 20, seed=7)
     cand, (mem, dump) = locate.from_sysfs(sim.sys), open_dump(sim)
     assert cand is not None
     with mem, open(sim.dir / "out.flat", "wb") as f:
-        written, _scan = flat.stream_save(cand, dump, f.fileno(), mem_path=str(sim.mem),
-                                          release=release)
+        written, _scan = save.stream_save(cand, dump, f.fileno(), mem_path=str(sim.mem),
+                                          release_after=release)
     assert written.size == (sim.dir / "out.flat").stat().st_size
     assert sim.magic() == (fmt.SAVED_MAGIC if release else fmt.MAGIC)
 

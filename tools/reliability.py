@@ -44,7 +44,7 @@ CORRUPTION_MACHINES = [
 ]
 
 
-def _machines(specs: list[tuple[int, str, int, Codec]], root: Path) -> list[H.Machine]:
+def _machines(specs: list[tuple[int, str, int, Codec]], root: Path) -> list[H.Sim]:
     out = []
     for i, (mem, prof, seed, codec) in enumerate(specs):
         if not available(codec):

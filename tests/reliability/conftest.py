@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import SHM, Machine, long_enabled, make_machine
+from .harness import SHM, Sim, long_enabled, make_machine
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,7 +38,7 @@ MACHINES = {"m1": (1 << 20, 7), "m2": (512 << 10, 6), "m3": (1 << 20, 6)}
 
 
 @pytest.fixture(scope="session")
-def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Machine]:
+def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sim]:
     root = tmp_path_factory.mktemp("machines")
     return {
         name: make_machine(root / name, memory=mem, seed=seed)
@@ -61,6 +61,6 @@ def shm_path(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def machine(machines: dict[str, Machine], tmp_path: Path) -> Machine:
+def machine(machines: dict[str, Sim], tmp_path: Path) -> Sim:
     """A private copy of the 1M machine (tests may release or damage it)."""
     return machines["m1"].copy(tmp_path / "machine")

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from dumpsaver import format as fmt
-from dumpsaver import simulate
 from dumpsaver.codecs import Codec
 from dumpsaver.decode import Dump
 from dumpsaver.errors import DumpsaverError, FormatError
-from dumpsaver.locate import Candidate, from_sysfs
 from dumpsaver.physmem import PhysMem, Range
+from dumpsaver.readback import elf_pages as read_elf_pages
+
+from ..machine import Sim, load, make
 
 SHM = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
 
@@ -44,68 +45,17 @@ def long_enabled() -> bool:
     return os.environ.get("DUMPSAVER_LONG", "") not in ("", "0")
 
 
-# -- simulated machines ------------------------------------------------------------------
-
-
-@dataclass
-class Machine:
-    """A simulated crash on disk plus what the tests need to judge a save of it."""
-
-    dir: Path
-    manifest: dict[str, Any]
-    page_size: int
-    area: list[Range]  # ground truth: where the simulator put the dump
-    header_paddr: int
-
-    @property
-    def mem(self) -> Path:
-        return self.dir / "mem"
-
-    @property
-    def sysfs(self) -> Path:
-        return self.dir / "sys"
-
-    def saved_pfns(self) -> list[int]:
-        return [p for a, b in self.manifest["saved"] for p in range(a, b + 1)]
-
-    def truth(self, pfn: int) -> bytes:
-        with open(self.dir / "before.mem", "rb") as f:
-            f.seek(pfn * self.page_size)
-            return f.read(self.page_size)
-
-    def truth_pages(self) -> dict[int, bytes]:
-        ps = self.page_size
-        data = (self.dir / "before.mem").read_bytes()
-        return {p: data[p * ps : (p + 1) * ps] for p in self.saved_pfns()}
-
-    def candidate(self) -> Candidate:
-        c = from_sysfs(self.sysfs)
-        assert c is not None
-        return c
-
-    def copy(self, to: Path) -> Machine:
-        """A private copy (mem, sys, manifest; before.mem shared by a symlink)."""
-        to.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.mem, to / "mem")
-        shutil.copytree(self.sysfs, to / "sys")
-        shutil.copyfile(self.dir / "manifest.json", to / "manifest.json")
-        with contextlib.suppress(FileExistsError):
-            os.symlink(self.dir / "before.mem", to / "before.mem")
-        return Machine(to, self.manifest, self.page_size, self.area, self.header_paddr)
+# -- simulated machines (tests/machine.py) ----------------------------------------------
 
 
 def make_machine(
     into: Path, *, memory: int = 1 << 20, profile: str = "idle", seed: int = 1,
     codec: Codec = Codec.ZLIB, panic: str = "sysrq triggered crash",
-) -> Machine:
-    simulate.simulate(into, memory=memory, profile=profile, seed=seed, codec=codec, panic=panic)
-    return load_machine(into)
+) -> Sim:
+    return make(into, memory=memory, profile=profile, seed=seed, codec=codec, panic=panic)
 
 
-def load_machine(into: Path) -> Machine:
-    m = json.loads((into / "manifest.json").read_text())
-    area = [Range(a, b) for a, b in m["dump_area"]]
-    return Machine(into, m, m["page_size"], area, area[0].start)
+load_machine = load
 
 
 # -- access recording (confinement) ------------------------------------------------------
@@ -241,7 +191,7 @@ class Layout:
         return hdr, meta, dmg
 
 
-def layout_of(machine: Machine) -> Layout:
+def layout_of(machine: Sim) -> Layout:
     with PhysMem(str(machine.mem), machine.area) as mem:
         d = Dump(mem, machine.header_paddr)
         entries = []
@@ -359,7 +309,7 @@ def make_case(lay: Layout, seed: int) -> Case:
 class Bench:
     """One machine loaded into a tmpfs file, run case after case (mutate, run, undo)."""
 
-    def __init__(self, machine: Machine, workdir: Path, *, save_every: int = 0) -> None:
+    def __init__(self, machine: Sim, workdir: Path, *, save_every: int = 0) -> None:
         self.m = machine
         self.lay = layout_of(machine)
         base = SHM if SHM is not None else workdir
@@ -579,30 +529,6 @@ class Bench:
 # -- reading our output back (independent of the writer) ----------------------------------
 
 
-def read_elf_pages(path: Path, page_size: int) -> dict[int, bytes]:
-    """{pfn: page} from an ELF64 core's PT_LOAD segments (p_paddr)."""
-    with open(path, "rb") as f:
-        ehdr = f.read(64)
-        assert ehdr[:4] == b"\x7fELF", "not an ELF file"
-        phoff, = struct.unpack_from("<Q", ehdr, 32)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
-        shoff, = struct.unpack_from("<Q", ehdr, 40)
-        if phnum == 0xFFFF:
-            f.seek(shoff)
-            phnum = struct.unpack_from("<I", f.read(64), 44)[0]
-        f.seek(phoff)
-        phdrs = [struct.unpack("<IIQQQQQQ", f.read(phentsize)[:56]) for _ in range(phnum)]
-        out = {}
-        for p_type, _fl, off, _va, paddr, filesz, _memsz, _al in phdrs:
-            if p_type != 1:
-                continue
-            f.seek(off)
-            data = f.read(filesz)
-            for k in range(0, filesz, page_size):
-                out[(paddr + k) // page_size] = data[k : k + page_size]
-        return out
-
-
 def read_elf_incomplete(path: Path) -> bool:
     with open(path, "rb") as f:
         ehdr = f.read(64)
@@ -610,7 +536,7 @@ def read_elf_incomplete(path: Path) -> bool:
 
 
 def run_corruption(
-    machine: Machine, workdir: Path, cases: int, *, first_seed: int = 0, save_every: int = 0,
+    machine: Sim, workdir: Path, cases: int, *, first_seed: int = 0, save_every: int = 0,
     time_bound: float = 5.0, on_outcome: Callable[[Outcome], None] | None = None,
     spy: bool = False,
 ) -> dict[str, Any]:
