@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ def dump_name(h: fmt.Header) -> str:
 
 
 def identity(h: fmt.Header) -> str:
-    """What tells one crash from another: the dump id, the crash time, and a checksum of
-    the whole header (sizes, counts, the meta data's CRC: the panic string and log).
+    """What tells one crash from another: the dump id, the crash time, and the header's
+    own CRC (over sizes, counts and the meta data's CRC: the panic string and log).
 
     The dump id alone is not enough: a writer may repeat it (the simulator does for the
     same seed), and a different crash under a saved dump's id must still be saved."""
-    return f"{h.dump_id}/{h.crash_time_ns}/{zlib.crc32(h.encode()):08x}"
+    return f"{h.dump_id}/{h.crash_time_ns}/{h.encode()[-fmt.CRC.size :].hex()}"
 
 
 def is_saved_as(info: dict[str, Any], h: fmt.Header) -> bool:

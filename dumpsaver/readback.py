@@ -8,6 +8,7 @@ for small cores: the pages come back in one dictionary.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from dumpsaver import elfnote as E
@@ -18,6 +19,13 @@ from dumpsaver.writers import OutputFormat
 
 def elf_pages(core: Path, page_size: int) -> dict[int, bytes]:
     """{pfn: page} of an ELF core's PT_LOAD segments."""
+    try:
+        return _elf_pages(core, page_size)
+    except struct.error as e:
+        raise DumpsaverError(f"{core}: cannot read its pages: {e}") from None
+
+
+def _elf_pages(core: Path, page_size: int) -> dict[int, bytes]:
     with open(core, "rb") as f:
         ehdr = E.EHDR.unpack(f.read(E.EHDR.size))
         if ehdr[0][:4] != b"\x7fELF":
@@ -72,7 +80,7 @@ def kdump_pages(core: Path) -> dict[int, bytes]:
                 out[pfn] = data
             else:
                 raise DumpsaverError(f"{core}: page {pfn} has flags {flags:#x}, size {size}")
-    except (ValueError, IndexError, CodecError) as e:  # struct.error is a ValueError
+    except (struct.error, ValueError, IndexError, CodecError) as e:
         raise DumpsaverError(f"{core}: cannot read its pages: {e}") from None
     return out
 
