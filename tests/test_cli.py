@@ -9,7 +9,7 @@ from dumpsaver import format as fmt
 from dumpsaver import locate
 from dumpsaver.errors import EXIT_CORRUPT
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 
 def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
@@ -138,3 +138,38 @@ def test_no_dump_fast_path(tmp_path: Path) -> None:
     assert not cli.surely_no_dump(**args)
     assert not cli.surely_no_dump(config=str(cfg), sysfs_header=str(hdr),
                                   cmdline=str(tmp_path / "unreadable"))
+
+
+def test_exit_codes_agree_in_help_and_man_page() -> None:
+    """One table (errors.Exit): the --help epilog is made from it, and dumpsaver(8)'s
+    EXIT STATUS lists the same codes with the same meaning."""
+    import re
+
+    from dumpsaver.commands import parser
+    from dumpsaver.errors import Exit
+
+    epilog = parser().epilog or ""
+    for code in Exit:
+        assert f"{int(code)} {code.meaning}" in epilog, code
+    man = (REPO / "docs" / "man" / "dumpsaver.8").read_text()
+    section = man.split(".SH EXIT STATUS", 1)[1].split("\n.SH ", 1)[0]
+    entries = dict(re.findall(r"^\.TP\n\.B (\d+)\n(.*?)(?=^\.TP|\Z)", section, re.M | re.S))
+    assert sorted(int(c) for c in entries) == [int(c) for c in Exit]
+    # each man entry says what the table's entry says (a key word of it)
+    words = {Exit.OK: "Success", Exit.FAILURE: "Failure", Exit.USAGE: "configuration",
+             Exit.NO_DUMP: "No dump", Exit.INCOMPLETE: "incomplete", Exit.NO_SPACE: "space",
+             Exit.CORRUPT: "header", Exit.BUSY: "lock", Exit.GAVE_UP: "attempts"}
+    for code, word in words.items():
+        assert word in entries[str(int(code))], (code, entries[str(int(code))])
+
+
+def test_cli_under_test_never_reads_the_host_config(tmp_path: Path) -> None:
+    """run_cli points DUMPSAVER_CONFIG at an empty file, and the program honours it on
+    both paths (the no-dump fast path and the full one)."""
+    r = run_cli("status", "--json", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null",
+                "--dest", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 0 and json.loads(r.stdout)["config"] == "/dev/null"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: blue\n")
+    r = run_cli("save", env={"DUMPSAVER_CONFIG": str(bad)})  # not the fast path: it has a key
+    assert r.returncode == 2 and str(bad) in r.stderr

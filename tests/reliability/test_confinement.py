@@ -91,7 +91,7 @@ def test_cli_save_status_and_rerun_read_only_the_area(machine: Sim, tmp_path: Pa
 def test_corrupt_dumps_read_only_the_area(machines: dict[str, Sim], tmp_path: Path) -> None:
     """2,000 corruption cases with the independent pread spy on top of the recorder."""
     m = machines["m2"]  # two extents: the gap between them must never be read
-    fig = run_corruption(m, tmp_path, 2000, first_seed=50000, time_bound=2.0, spy=True)
+    fig = run_corruption(m, tmp_path, 2000, first_seed=50000, spy=True)
     assert fig["outside_accesses"] == 0 and fig["escaped"] == 0
     assert fig["spied_outside"] == 0
     report("confinement-corrupt", {"cases": fig["cases"], "accesses": fig["accesses"],

@@ -37,8 +37,7 @@ SPLIT = {"m1": (0, 4000), "m2": (4000, 3000), "m3": (7000, 3000)}
 @pytest.mark.parametrize("name", list(SPLIT))
 def test_seeded_corruption(machines: dict[str, Sim], tmp_path: Path, name: str) -> None:
     first, n = SPLIT[name]
-    fig = run_corruption(machines[name], tmp_path, n, first_seed=first, save_every=100,
-                         time_bound=2.0)  # fmt: skip
+    fig = run_corruption(machines[name], tmp_path, n, first_seed=first, save_every=100)
     report(f"corruption-{name}", fig)
     _assert_clean(fig)
     assert fig["cases"] == n
@@ -50,7 +49,7 @@ def test_seeded_corruption_other_codecs(tmp_path: Path, codec: Codec) -> None:
     if not available(codec):
         pytest.skip(f"{codec.label} module not installed")
     m = make_machine(tmp_path / "m", memory=512 << 10, seed=7, codec=codec)
-    fig = run_corruption(m, tmp_path, 500, first_seed=20000, save_every=50, time_bound=2.0)
+    fig = run_corruption(m, tmp_path, 500, first_seed=20000, save_every=50)
     report(f"corruption-{codec.label}", fig)
     _assert_clean(fig)
 
@@ -64,8 +63,7 @@ def test_long_corruption(tmp_path: Path) -> None:
         if not available(codec):
             continue
         m = make_machine(tmp_path / f"m{i}", memory=mem, seed=seed, codec=codec)
-        fig = run_corruption(m, tmp_path, 33334, first_seed=100000 * (i + 1), save_every=500,
-                             time_bound=5.0)  # fmt: skip
+        fig = run_corruption(m, tmp_path, 33334, first_seed=100000 * (i + 1), save_every=500)
         report(f"corruption-long-{i}", fig)
         _assert_clean(fig)
         for k in total:
@@ -149,14 +147,14 @@ def test_force_salvages_a_header_with_only_a_bad_checksum(
 def test_forced_nr_entries_flip_is_marked_incomplete(machine: Sim) -> None:
     """Regression (corruption case seed 2487): --force with a flipped entry count."""
     _flip(machine, 88, 0x01)
-    from dumpsaver import save as save_mod
+    from dumpsaver.catalogue import build_info
 
     with PhysMem(str(machine.mem), machine.candidate().ranges) as mem:
         d = Dump(mem, machine.header_paddr, force=True)
         assert not d.header_ok
         s = d.scan()
-        info = save_mod.build_info(d, s, cand=machine.candidate(), fmt_name="elf",
-                                   file_size=0, started=0.0, name="x")  # fmt: skip
+        info = build_info(d, s, cand=machine.candidate(), fmt_name="elf",
+                          file_size=0, started=0.0, name="x")  # fmt: skip
     assert s.good < machine.manifest["saved_pages"]
     assert not info["complete"]
 
