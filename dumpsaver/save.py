@@ -33,8 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dumpsaver.catalogue import DMESG, INFO, TMP_PREFIX, build_info, dump_name, is_saved_as
-from dumpsaver.catalogue import saved_dumps as saved_dumps
+from dumpsaver.catalogue import (
+    DMESG,
+    INFO,
+    TMP_PREFIX,
+    build_info,
+    dump_name,
+    is_saved_as,
+    saved_dumps,
+)
 from dumpsaver.config import Config
 from dumpsaver.decode import Dump, Scan
 from dumpsaver.errors import EXIT_NO_SPACE, BusyError, DumpsaverError
@@ -45,7 +52,7 @@ from dumpsaver.release import release
 from dumpsaver.retention import rmtree_at, vacuum
 from dumpsaver.sanitize import clean_text
 from dumpsaver.sizes import human
-from dumpsaver.writers import Progress, Writer, Written, get
+from dumpsaver.writers import Progress, Writer, Written, flat, get
 
 log = logging.getLogger("dumpsaver")
 
@@ -352,8 +359,6 @@ def stream_save(
     (and fsynced, when ``fd`` is a regular file); any error before that leaves it in
     memory.
     """
-    from dumpsaver.writers import flat
-
     with area_locked(cand, mem_path, wait):
         written, scan = flat.stream(dump, fd, progress)
         if stat.S_ISREG(os.fstat(fd).st_mode):

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from dumpsaver import selftest, state
+from dumpsaver import restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
 from dumpsaver.config import Config
@@ -112,8 +112,6 @@ def collect(cfg: Config, where: Where) -> dict[str, Any]:
     }
     out["unit"] = None
     try:
-        from dumpsaver import restart
-
         out["unit"] = restart.unit_last_run()
     except Exception:  # no systemd here, or an old pystemd: status still works
         out["unit"] = None

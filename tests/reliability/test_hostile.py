@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dumpsaver import cli, journal, simulate
+from dumpsaver import catalogue, cli, journal, simulate
 from dumpsaver import format as fmt
 from dumpsaver import save as save_mod
 from dumpsaver.decode import Dump
@@ -148,7 +148,7 @@ def test_hostile_strings_are_sanitised_everywhere(
 
 def _name(m: Sim) -> str:
     with PhysMem(str(m.mem), m.area) as mem:
-        return save_mod.dump_name(Dump(mem, m.header_paddr).header)
+        return catalogue.dump_name(Dump(mem, m.header_paddr).header)
 
 
 @pytest.fixture
