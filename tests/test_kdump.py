@@ -21,8 +21,8 @@ from dumpsaver import codecs, locate, save
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec
 from dumpsaver.decode import Dump
-from dumpsaver.writers import get
-from dumpsaver.writers.flat import FlatKdumpWriter, write_flat
+from dumpsaver.writers import flat, get
+from dumpsaver.writers.flat import write_flat
 from dumpsaver.writers.kdump import FileSink, KdumpWriter, Layout, dumped_bitmap, write_kdump
 
 from .conftest import Sim, entry_paddr, header_of, save_sim
@@ -195,11 +195,13 @@ def test_estimate_is_an_upper_bound(make_sim) -> None:  # type: ignore[no-untype
         mem, dump = open_dump(sim)
         with mem:
             scan = dump.scan()
-            for writer in (KdumpWriter(), FlatKdumpWriter()):
-                out = sim.dir / f"out.{writer.name}"
+            kdump = KdumpWriter()
+            for name, write, estimate in (("kdump", kdump.write, kdump.estimate),
+                                          ("flat", write_flat, flat.estimate)):
+                out = sim.dir / f"out.{name}"
                 with open(out, "wb") as f:
-                    w = writer.write(f.fileno(), dump, scan, None)
-                assert w.size == out.stat().st_size <= writer.estimate(dump, scan), codec
+                    w = write(f.fileno(), dump, scan, None)
+                assert w.size == out.stat().st_size <= estimate(dump, scan), codec
                 assert w.pages == scan.good
 
 

@@ -101,19 +101,6 @@ def write_flat(fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Wr
     return Written(sink.size, written.pages)
 
 
-class FlatKdumpWriter:
-    """The flattened form as a Writer (the same content as ``kdump``, as a record stream)."""
-
-    name = "kdump-flat"
-    filename = "vmcore.flat"
-
-    def estimate(self, dump: Dump, scan: Scan) -> int:
-        return estimate(dump, scan)
-
-    def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written:
-        return write_flat(fd, dump, scan, progress)
-
-
 def stream(dump: Dump, fd: int, progress: Progress | None = None) -> tuple[Written, Scan]:
     """Scan ``dump`` and stream it to ``fd`` in the flattened form: ``dumpsaver save --stdout``.
 
