@@ -43,6 +43,16 @@ def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
     assert s["areas"][0]["method"] == "sysfs" and "already saved" in s["areas"][0]["dump"]
     assert s["dumps"][0]["id"] == saved.name and s["dumps"][0]["complete"] is True
     assert s["free_bytes"] > 0 and s["minfree"] == 64 << 20
+    # psutil's figures: the dump directory's file system, RAM and the areas' share
+    import psutil
+
+    assert s["filesystem"]["free_bytes"] == s["free_bytes"] and s["filesystem"]["fstype"]
+    assert s["memory"]["total_bytes"] == psutil.virtual_memory().total
+    area_bytes = sum(b - a for a, b in s["areas"][0]["ranges"])
+    assert s["memory"]["dump_area_bytes"] == area_bytes > 0
+    assert s["boot_time"].endswith("UTC")
+    info = json.loads((saved / "info.json").read_text())
+    assert info["peak_rss_bytes"] > 1 << 20 and info["identity"].startswith(info["dump_id"])
 
     r = run_cli("list", "--dest", str(dest))
     assert saved.name in r.stdout and "complete" in r.stdout
