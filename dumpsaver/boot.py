@@ -154,7 +154,10 @@ def run(cfg: Config, where: Where, opts: Options, *,
                 exit_code=Exit.GAVE_UP,
             )
         if opts.stdout_fd is not None:  # by hand, not the boot job: no attempt counted
-            return _stream(cand, dump, where, opts, out, progress)
+            try:
+                return _stream(cand, dump, where, opts, out, progress)
+            except AlreadySavedError as e:
+                return _saved_by_another(out, e)
         try:
             journal.notify_status(f"Saving dump {did}")
             res = save(cfg, cand, dump, mem_path=where.mem, dest=where.dest,
@@ -163,6 +166,8 @@ def run(cfg: Config, where: Where, opts: Options, *,
                        on_event=lambda kind, msg, **f: _event(kind, msg, DUMP_ID=did, **f))
         except BusyError:
             raise  # another saver is at work: not a failed attempt
+        except AlreadySavedError as e:  # by another saver while we waited: its job now
+            return _saved_by_another(out, e)
         except DumpsaverError as e:
             e.message += _count_failure(cfg, where, did, ident, e.message)
             raise
@@ -179,6 +184,14 @@ def run(cfg: Config, where: Where, opts: Options, *,
         out.selftest = True
     elif not opts.no_restart and not opts.keep and cfg.restart != RestartAction.CONTINUE:
         out.restart = RestartAction(cfg.restart)
+    return out
+
+
+def _saved_by_another(out: Outcome, e: AlreadySavedError) -> Outcome:
+    """Another saver saved and released this dump while we waited for the lock: nothing
+    left to do here (the restart, if any, is the other saver's)."""
+    out.notes.append(e.message)
+    out.status = SaveStatus.ALREADY_SAVED
     return out
 
 

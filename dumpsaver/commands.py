@@ -22,6 +22,7 @@ from dumpsaver import __version__, boot, journal, paths
 from dumpsaver import config as config_mod
 from dumpsaver.errors import EXIT_FAILURE, EXIT_USAGE, DumpsaverError, Exit, exit_codes_text
 from dumpsaver.sanitize import clean_text
+from dumpsaver.save import SaveStatus
 from dumpsaver.sizes import human, parse_size
 from dumpsaver.writers import OutputFormat
 
@@ -140,6 +141,9 @@ def cmd_save(ctx: Ctx) -> int:
     elif a.check:
         if out.status is None and out.dump_id:
             print(f"dump {out.dump_id} waiting ({out.source})")
+    elif out.status == SaveStatus.ALREADY_SAVED and out.dump_dir is None:  # by another saver
+        print(f"dumpsaver: {out.status}: {'; '.join(out.notes)}",
+              file=sys.stderr if a.stdout else sys.stdout)
     elif a.stdout:
         kept = "released" if a.release else "kept in memory"
         incomplete = " INCOMPLETE" if out.exit == Exit.INCOMPLETE else ""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dumpsaver import format as fmt
 from dumpsaver.catalogue import (
     DMESG,
     INFO,
@@ -44,7 +45,7 @@ from dumpsaver.catalogue import (
 )
 from dumpsaver.config import Config
 from dumpsaver.decode import Dump, Scan
-from dumpsaver.errors import EXIT_NO_SPACE, BusyError, DumpsaverError
+from dumpsaver.errors import EXIT_NO_SPACE, AlreadySavedError, BusyError, DumpsaverError
 from dumpsaver.faults import checkpoint
 from dumpsaver.locate import Candidate
 from dumpsaver.physmem import PhysMem
@@ -117,6 +118,24 @@ def _retry_lock(take: Callable[[], object], wait: float, busy: str) -> None:
                     busy, hint="wait for it to finish (dumpsaver save --wait SECONDS)"
                 ) from None
             time.sleep(0.1)
+
+
+def still_waiting(cand: Candidate, mem_path: str) -> None:
+    """Under the area lock: is the dump still there?  A saver that waited for the lock
+    (or opened the dump just before another one took it) may find it saved and
+    released since: then it must neither save it again nor write into memory that may
+    be the kernel's by now.  A sysfs area is gone once released (its directory with
+    it); a memmap= area keeps its invalidated header."""
+    if cand.release is not None and not cand.release.exists():
+        raise AlreadySavedError(
+            f"{cand.source}: the dump was saved and released by another dumpsaver"
+        )
+    with PhysMem(mem_path, cand.ranges) as mem:
+        magic = mem.read(cand.header, len(fmt.MAGIC))
+    if magic != fmt.MAGIC:
+        raise AlreadySavedError(
+            f"{cand.source}: the dump was saved by another dumpsaver (header invalidated)"
+        )
 
 
 @contextlib.contextmanager
@@ -228,6 +247,7 @@ def save(
     h = dump.header
     name = dump_name(h)
     with area_locked(cand, mem_path, wait):
+        still_waiting(cand, mem_path)
         dest_fd = ensure_dest(dest)
         try:
             with locked(dest_fd, dest, wait):
@@ -360,6 +380,7 @@ def stream_save(
     memory.
     """
     with area_locked(cand, mem_path, wait):
+        still_waiting(cand, mem_path)
         written, scan = flat.stream(dump, fd, progress)
         if stat.S_ISREG(os.fstat(fd).st_mode):
             os.fsync(fd)

@@ -171,6 +171,27 @@ def test_the_lock_is_per_area_not_per_dump_dir(make_sim, tmp_path) -> None:  # t
         assert run_cli("save", *sim.cli_args(tmp_path / "d3"), "--no-restart").returncode == 0
 
 
+def test_saved_by_another_saver_meanwhile(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A saver that opened the dump, then got the area lock only after another saver had
+    saved and released it, neither saves it again nor writes into the area (defect 11)."""
+    from dumpsaver import release, save
+    from dumpsaver.errors import AlreadySavedError
+
+    sim = make_sim(memory=8 << 20)
+    cand = sim.candidate()
+    mem, dump = save.open_dump(cand, str(sim.mem))  # this saver's view, before the lock
+    with mem:
+        release.release(cand, str(sim.mem))  # what the other saver did meanwhile
+        before = sim.mem.read_bytes()
+        with pytest.raises(AlreadySavedError, match="another dumpsaver"):
+            save.save(test_config(), cand, dump, mem_path=str(sim.mem), dest=tmp_path / "d")
+        (cand.release or tmp_path).unlink()  # a released sysfs area disappears
+        with pytest.raises(AlreadySavedError, match="saved and released"):
+            save.save(test_config(), cand, dump, mem_path=str(sim.mem), dest=tmp_path / "d")
+    assert sim.mem.read_bytes() == before
+    assert not (tmp_path / "d").exists()
+
+
 def test_unexpected_error_counts_and_cleans_up(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An error that is not a DumpsaverError (a bug, MemoryError) is a failed attempt, so
     max_attempts applies, and leaves no .tmp-* behind (issue 9)."""
