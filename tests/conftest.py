@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,30 @@ from . import machine
 from .machine import Sim
 
 REPO = Path(__file__).resolve().parent.parent
+_HOST: list[Path] = []
+
+
+def hermetic_config() -> Path:
+    """The configuration every test's program reads unless the test names another: the
+    built-in defaults but for dump_dir and state_dir, which point into a temp directory
+    (removed at the end of the session), so no test reads the host's /etc/dumpsaver or
+    touches its /var/dumps or /var/lib/dumpsaver."""
+    if not _HOST:
+        _HOST.append(Path(tempfile.mkdtemp(prefix="dumpsaver-test-host-")))
+        cfg = _HOST[0] / "dumpsaver.yaml"
+        cfg.write_text(f"dump_dir: {_HOST[0] / 'dumps'}\nstate_dir: {_HOST[0] / 'state'}\n")
+    return _HOST[0] / "dumpsaver.yaml"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for d in _HOST:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process calls (cli.main, config.load) are hermetic too."""
+    monkeypatch.setenv(paths.CONFIG_ENV, str(hermetic_config()))
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +100,11 @@ def save_sim(sim: Sim, dest: Path, **kw: Any) -> save.Result:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m dumpsaver ARGS``, hermetic: never the host's configuration (an empty
-    one, all defaults, unless ``env`` names another)."""
+    """``python -m dumpsaver ARGS``, hermetic: never the host's configuration or state
+    (hermetic_config, unless ``env`` or ``--config`` names another)."""
     e = dict(os.environ)
     e.pop("NOTIFY_SOCKET", None)
-    e[paths.CONFIG_ENV] = os.devnull
+    e[paths.CONFIG_ENV] = str(hermetic_config())
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "dumpsaver", *args], capture_output=True,
                           text=True, env=e, timeout=300)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from dumpsaver import format as fmt
 from dumpsaver import locate
 from dumpsaver.errors import EXIT_CORRUPT
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, hermetic_config, run_cli
 
 
 def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
@@ -174,11 +176,16 @@ def test_exit_codes_agree_in_help_and_man_page() -> None:
 
 
 def test_cli_under_test_never_reads_the_host_config(tmp_path: Path) -> None:
-    """run_cli points DUMPSAVER_CONFIG at an empty file, and the program honours it on
-    both paths (the no-dump fast path and the full one)."""
-    r = run_cli("status", "--json", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null",
-                "--dest", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s"))
-    assert r.returncode == 0 and json.loads(r.stdout)["config"] == "/dev/null"
+    """run_cli points DUMPSAVER_CONFIG at the session's hermetic configuration (dump and
+    state directories in a temp directory), and the program honours it on both paths
+    (the no-dump fast path and the full one)."""
+    r = run_cli("status", "--json", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null")
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["config"] == str(hermetic_config())
+    assert s["dump_dir"].startswith(tempfile.gettempdir()), s["dump_dir"]
+    r = run_cli("save", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null",
+                env={"DUMPSAVER_CONFIG": os.devnull})
+    assert r.returncode == 0 and "no dump" in r.stdout  # the fast path, with the defaults
     bad = tmp_path / "bad.yaml"
     bad.write_text("colour: blue\n")
     r = run_cli("save", env={"DUMPSAVER_CONFIG": str(bad)})  # not the fast path: it has a key
