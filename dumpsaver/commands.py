@@ -14,12 +14,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from dumpsaver import __version__, boot, journal, paths
 from dumpsaver import config as config_mod
+from dumpsaver import status as status_mod
 from dumpsaver.errors import EXIT_FAILURE, EXIT_USAGE, DumpsaverError, Exit, exit_codes_text
 from dumpsaver.sanitize import clean_text
 from dumpsaver.save import SaveStatus
@@ -169,77 +169,77 @@ def _status_options(s: argparse.ArgumentParser) -> None:
 @subcommand("status", "where the dump area is, what is waiting, what was saved",
             _status_options)
 def cmd_status(ctx: Ctx) -> int:
-    from dumpsaver import status
-
-    s = status.collect(ctx.cfg, ctx.where)
+    s = status_mod.collect(ctx.cfg, ctx.where)
     if ctx.args.json:
-        print(json.dumps(s, indent=1, default=str))
+        print(json.dumps(s.to_json(), indent=1, default=str))
         return Exit.OK
     p = print
-    p(f"config:      {s['config']}")
-    if not s["areas"]:
-        p("dump area:   none found" + (f" ({s['locate_error']})" if "locate_error" in s else
+    p(f"config:      {s.config}")
+    if not s.areas:
+        p("dump area:   none found" + (f" ({s.locate_error})" if s.locate_error is not None else
                                        " (no mcore sysfs interface, memmap= or configured region)"))
-    for a in s["areas"]:
-        rng = ", ".join(f"{x:#x}-{y - 1:#x}" for x, y in a["ranges"][:4])
-        p(f"dump area:   {rng} via {a['method']} ({a['source']})")
-        p(f"  state:     {a['dump']}")
-        p(f"  release:   {a['release']}")
-    m = s["memory"]
-    p(f"memory:      {human(m['total_bytes'])} RAM, the dump areas take "
-      f"{human(m['dump_area_bytes'])} ({100 * (m['dump_area_share'] or 0):.2f}%); "
-      f"booted {s['boot_time']}")
-    w = s["waiting"]
+    for a in s.areas:
+        rng = ", ".join(f"{x:#x}-{y - 1:#x}" for x, y in a.ranges[:4])
+        p(f"dump area:   {rng} via {a.method} ({a.source})")
+        p(f"  state:     {a.dump}")
+        p(f"  release:   {a.release}")
+    m = s.memory
+    if m is not None:
+        p(f"memory:      {human(m.total_bytes)} RAM, the dump areas take "
+          f"{human(m.dump_area_bytes)} ({100 * (m.dump_area_share or 0):.2f}%); "
+          f"booted {s.boot_time}")
+    w = s.waiting
     if w:
-        trunc = " (TRUNCATED at panic)" if w["truncated_at_panic"] else ""
-        p(f"waiting:     dump {w['dump_id']} from {w['crash_time']}, "
-          f"{human(w['bytes_in_memory'])} in memory, {w['pages']} pages{trunc}")
-        p(f"  panic:     {w['panic']}")
+        trunc = " (TRUNCATED at panic)" if w.truncated_at_panic else ""
+        p(f"waiting:     dump {w.dump_id} from {w.crash_time}, "
+          f"{human(w.bytes_in_memory)} in memory, {w.pages} pages{trunc}")
+        p(f"  panic:     {w.panic}")
     else:
         p("waiting:     no dump in memory")
-    fa = s["failed_attempts"]
+    fa = s.failed_attempts
     if fa:
-        p(f"failed:      {fa.get('count')} of {s['max_attempts']} attempts for dump "
+        p(f"failed:      {fa.get('count')} of {s.max_attempts} attempts for dump "
           f"{fa.get('dump_id')}: {clean_text(str(fa.get('reason')), 300)}")
-        if isinstance(fa.get("count"), int) and fa["count"] >= s["max_attempts"]:
+        if isinstance(fa.get("count"), int) and fa["count"] >= s.max_attempts:
             p("             no longer trying; fix the cause and run: dumpsaver save --force")
-    free, fs = s["free_bytes"], s["filesystem"]
-    on = f" ({fs['fstype']} on {fs['device']})" if fs and fs["fstype"] else ""
-    p(f"dump dir:    {s['dump_dir']}, " + (f"{human(free)} free, minfree {human(s['minfree'])}"
-                                          f"{on}" if free is not None else "does not exist yet"))
-    if free is not None and free < s["minfree"]:
-        p("             WARNING: free space is below minfree: a dump would not be saved")
-    p(f"after save:  {s['restart']}")
-    t = s["selftest"]
+    fs = s.filesystem
+    if fs is None:
+        p(f"dump dir:    {s.dump_dir}, does not exist yet")
+    else:
+        on = f" ({fs.fstype} on {fs.device})" if fs.fstype else ""
+        p(f"dump dir:    {s.dump_dir}, {human(fs.free_bytes)} free, minfree "
+          f"{human(s.minfree)}{on}")
+        if fs.free_bytes < s.minfree:
+            p("             WARNING: free space is below minfree: a dump would not be saved")
+    p(f"after save:  {s.restart}")
+    t = s.selftest
     if t:
-        p(f"self-test:   {t['verdict']}: {t['result']}")
-    u = s["unit"]
+        p(f"self-test:   {t.verdict}: {t.result}")
+    u = s.unit
     if u:
         p(f"last run:    {u.get('unit')}: {u.get('active_state')} ({u.get('sub_state')}), "
           f"result {u.get('result', '?')}, exit status {u.get('exec_main_status', '?')}, "
           f"started {u.get('started_at') or 'never'}")
-    _print_dumps(s["dumps"])
+    _print_dumps(s.dumps)
     return Exit.OK
 
 
-def _print_dumps(dumps: Sequence[dict[str, Any]]) -> None:
+def _print_dumps(dumps: Sequence[status_mod.SavedDump]) -> None:
     if not dumps:
         print("saved dumps: none")
         return
     print(f"saved dumps: {len(dumps)}")
     for d in dumps:
-        mark = "complete" if d["complete"] else "INCOMPLETE"
-        size = human(d["size"]) if isinstance(d["size"], int) else "?"
-        print(f"  {d['id']}  {size:>10}  {mark:<10}  {d['panic']}")
+        mark = "complete" if d.complete else "INCOMPLETE"
+        size = human(d.size) if isinstance(d.size, int) else "?"
+        print(f"  {d.id}  {size:>10}  {mark:<10}  {d.panic}")
 
 
 @subcommand("list", "list saved dumps", _dest_json)
 def cmd_list(ctx: Ctx) -> int:
-    from dumpsaver import status
-
-    dumps = status.saved(ctx.where.dest)
+    dumps = status_mod.saved(ctx.where.dest)
     if ctx.args.json:
-        print(json.dumps(dumps, indent=1))
+        print(json.dumps([asdict(d) for d in dumps], indent=1))
     else:
         _print_dumps(dumps)
     return Exit.OK
