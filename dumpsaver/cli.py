@@ -9,11 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-CONFIG = "/etc/dumpsaver/dumpsaver.yaml"
-SYSFS_HEADER = "/sys/kernel/mcore/header"
-CMDLINE = "/proc/cmdline"
-IOMEM = "/proc/iomem"
-MEM = "/dev/mem"
+from dumpsaver.paths import CMDLINE, IOMEM, MEM, SYSFS_HEADER
+
 DUMP_MAGIC = b"MCOREDMP"  # dumpsaver.format.MAGIC (a test keeps them equal)
 
 

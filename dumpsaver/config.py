@@ -14,10 +14,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dumpsaver import paths
 from dumpsaver.errors import ConfigError
 from dumpsaver.sizes import parse_size
 
-DEFAULT_PATH = Path("/etc/dumpsaver/dumpsaver.yaml")
+DEFAULT_PATH = Path(paths.CONFIG)
 #: A config file above this is refused (by the fast path and the full path alike).
 MAX_FILE = 1 << 20
 #: Parser errors quote at most this much of a bad value.
@@ -43,7 +44,7 @@ def is_default(path: str | os.PathLike[str] | None = None) -> bool:
     then parses it or says why.  The boot's no-dump fast path decides with this, on
     the same bytes ``load`` reads, so the two never disagree.
     """
-    env = os.environ.get("DUMPSAVER_CONFIG")
+    env = os.environ.get(paths.CONFIG_ENV)
     explicit = path is None and env is not None  # ``path``: the default location (tests)
     p = path or env or DEFAULT_PATH
     try:
@@ -128,7 +129,7 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("dump_dir", "/var/dumps", _path, "Where saved dumps go, one directory per dump."),
+    Setting("dump_dir", paths.DUMP_DIR, _path, "Where saved dumps go, one directory per dump."),
     Setting("format", "elf", _choice("elf", "kdump"),
             "Output format: elf (an ELF core like /proc/vmcore) or kdump (makedumpfile's "
             "kdump-compressed format, read by crash and drgn)."),
@@ -144,15 +145,15 @@ SETTINGS = (
             "after a crash), power off, or continue the boot."),
     Setting("max_attempts", 3, _int(1, 1000),
             "After this many failed saves of the same dump, stop trying and say so."),
-    Setting("sysfs", "/sys/kernel/mcore", _path,
+    Setting("sysfs", paths.SYSFS, _path,
             "The kernel's dump interface (docs/sysfs-abi.md)."),
     Setting("use_memmap", True, _bool,
             "Look for a dump in memmap=SIZE$ADDR reservations on the kernel command line."),
     Setting("regions", [], _regions,
             "More physical regions to look in, as \"START:SIZE\" strings, e.g. "
             "\"0x30000000:16M\". They must show as Reserved in /proc/iomem."),
-    Setting("mem_device", "/dev/mem", _path, "The physical memory device."),
-    Setting("state_dir", "/var/lib/dumpsaver", _path,
+    Setting("mem_device", paths.MEM, _path, "The physical memory device."),
+    Setting("state_dir", paths.STATE_DIR, _path,
             "Where failed attempts are recorded (for status and the no-boot-loop rule)."),
 )
 
@@ -205,8 +206,8 @@ def from_mapping(data: dict[Any, Any], source: str) -> Config:
 
 def load(path: Path | None = None) -> Config:
     """Load ``path`` (default /etc/dumpsaver/dumpsaver.yaml, or $DUMPSAVER_CONFIG)."""
-    explicit = path is not None or "DUMPSAVER_CONFIG" in os.environ
-    p = path or Path(os.environ.get("DUMPSAVER_CONFIG", DEFAULT_PATH))
+    explicit = path is not None or paths.CONFIG_ENV in os.environ
+    p = path or Path(os.environ.get(paths.CONFIG_ENV, DEFAULT_PATH))
     try:
         with open(p, "rb") as f:
             raw = f.read(MAX_FILE + 1)

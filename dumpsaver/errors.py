@@ -1,17 +1,57 @@
-"""One error type that the CLI turns into a one-line message and an exit code."""
+"""The exit codes (one table), and the error types the CLI turns into a one-line
+message and an exit code.  Decisions branch on these types, never on message text."""
 
 from __future__ import annotations
 
-# Documented exit codes (see docs/man/dumpsaver.8).
-EXIT_OK = 0
-EXIT_FAILURE = 1  # generic failure
-EXIT_USAGE = 2  # bad command line or configuration
-EXIT_NO_DUMP = 3  # status/check: no dump waiting (like kdumpctl status' 3)
-EXIT_INCOMPLETE = 4  # a dump was saved but is incomplete
-EXIT_NO_SPACE = 5  # not enough free space: the dump was kept in memory
-EXIT_CORRUPT = 6  # the dump header cannot be trusted: nothing saved
-EXIT_BUSY = 7  # another saver holds the lock
-EXIT_GAVE_UP = 8  # too many failed attempts: no longer trying
+import enum
+
+
+class Exit(enum.IntEnum):
+    """Documented exit codes: ``dumpsaver --help`` and dumpsaver(8) are made from / checked
+    against this table (tests/test_cli.py)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    NO_DUMP = 3
+    INCOMPLETE = 4
+    NO_SPACE = 5
+    CORRUPT = 6
+    BUSY = 7
+    GAVE_UP = 8
+
+    @property
+    def meaning(self) -> str:
+        return _MEANING[self]
+
+
+_MEANING = {
+    Exit.OK: "ok",
+    Exit.FAILURE: "failure",
+    Exit.USAGE: "usage or config",
+    Exit.NO_DUMP: "no dump (--check)",
+    Exit.INCOMPLETE: "saved incomplete",
+    Exit.NO_SPACE: "not enough space (dump kept)",
+    Exit.CORRUPT: "corrupt header (nothing saved)",
+    Exit.BUSY: "another saver is running",
+    Exit.GAVE_UP: "gave up after max_attempts",
+}
+
+# The names the code has always used.
+EXIT_OK = Exit.OK
+EXIT_FAILURE = Exit.FAILURE
+EXIT_USAGE = Exit.USAGE
+EXIT_NO_DUMP = Exit.NO_DUMP
+EXIT_INCOMPLETE = Exit.INCOMPLETE
+EXIT_NO_SPACE = Exit.NO_SPACE
+EXIT_CORRUPT = Exit.CORRUPT
+EXIT_BUSY = Exit.BUSY
+EXIT_GAVE_UP = Exit.GAVE_UP
+
+
+def exit_codes_text() -> str:
+    """``exit codes: 0 ok, 1 failure, ...``: the --help epilog."""
+    return "exit codes: " + ", ".join(f"{int(c)} {c.meaning}" for c in Exit)
 
 
 class DumpsaverError(Exception):
@@ -31,8 +71,23 @@ class FormatError(DumpsaverError):
         super().__init__(message, hint, exit_code=EXIT_CORRUPT)
 
 
+class NoDumpError(FormatError):
+    """The area holds no dump at all (not the dump magic): not corruption, nothing to do."""
+
+
+class AlreadySavedError(NoDumpError):
+    """The header was invalidated by a completed save; only the release may be unfinished."""
+
+
 class OutsideAreaError(FormatError):
     """A read would leave the reserved dump area: treated as corruption, never performed."""
+
+
+class BusyError(DumpsaverError):
+    """Another saver holds the lock: not a failed attempt (the other one is trying)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message, hint, exit_code=EXIT_BUSY)
 
 
 class ConfigError(DumpsaverError):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dumpsaver.codecs import Codec
-from dumpsaver.errors import FormatError
+from dumpsaver.errors import AlreadySavedError, FormatError, NoDumpError
 
 MAGIC = b"MCOREDMP"
 #: What the saver writes over MAGIC once the dump is durable on disk.
@@ -200,9 +200,9 @@ def peek_header_size(fixed: bytes) -> int:
         raise FormatError(f"dump header truncated: {len(fixed)} of {FIXED_SIZE} bytes")
     magic = fixed[:8]
     if magic == SAVED_MAGIC:
-        raise FormatError("the dump was already saved (header invalidated)")
+        raise AlreadySavedError("the dump was already saved (header invalidated)")
     if magic != MAGIC:
-        raise FormatError(f"bad dump magic {magic!r} (expected {MAGIC!r})")
+        raise NoDumpError(f"bad dump magic {magic!r} (expected {MAGIC!r})")
     version, header_size = struct.unpack_from("<II", fixed, 8)
     assert isinstance(header_size, int)
     if version != VERSION:

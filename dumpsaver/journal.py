@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import sys
-import time
 from typing import TYPE_CHECKING
 
 # No typing/dataclasses machinery at run time: this module is on the boot path of every
@@ -324,31 +323,3 @@ def notify(state: str, *, notifier: Notifier | None = None) -> bool:
 def notify_status(text: str, *, notifier: Notifier | None = None) -> bool:
     """Show ``text`` as the unit's status line (``systemctl status dumpsaver``)."""
     return notify("STATUS=" + text.replace("\n", " "), notifier=notifier)
-
-
-class StatusThrottle:
-    """Progress reporting for long loops: at most one STATUS= per ``interval`` seconds.
-
-    >>> st = StatusThrottle()
-    >>> st.update("Saving dump: 10%")   # sent
-    >>> st.update("Saving dump: 11%")   # dropped unless 0.5 s passed
-    """
-
-    def __init__(
-        self,
-        interval: float = 0.5,
-        *,
-        notifier: Notifier | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.interval = interval
-        self.notifier = notifier
-        self.clock = clock
-        self._last = float("-inf")
-
-    def update(self, text: str, *, force: bool = False) -> bool:
-        now = self.clock()
-        if not force and now - self._last < self.interval:
-            return False
-        self._last = now
-        return notify_status(text, notifier=self.notifier)

@@ -16,6 +16,7 @@ attribute, so releasing means invalidating the header in memory.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,11 +29,17 @@ from dumpsaver.sizes import parse_size
 MAX_SYSFS_RANGES = 65536
 
 
+class LocateMethod(enum.StrEnum):
+    SYSFS = "sysfs"
+    MEMMAP = "memmap"
+    CONFIG = "config"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A place a dump may be: reserved ``ranges``, the header at ``header``."""
 
-    method: str  # "sysfs", "memmap", "config"
+    method: LocateMethod
     source: str  # human description of where this came from
     ranges: tuple[Range, ...]
     header: int
@@ -95,7 +102,7 @@ def from_sysfs(root: Path) -> Candidate | None:
         return None
     release = root / "release"
     return Candidate(
-        "sysfs", str(root), tuple(merge_ranges(ranges)), header,
+        LocateMethod.SYSFS, str(root), tuple(merge_ranges(ranges)), header,
         release if release.exists() else None,
     )
 
@@ -177,16 +184,17 @@ def candidates(
     c = from_sysfs(sysfs)
     if c is not None:
         found.append(dataclasses.replace(c, ram_end=ram))
-    want: list[tuple[str, str, Range]] = []
+    want: list[tuple[LocateMethod, str, Range]] = []
     if use_memmap and cmdline is not None:
         try:
             text = _read_attr(cmdline)
         except DumpsaverError:
             text = ""
         for r in parse_memmap(text):
-            want.append(("memmap", f"memmap= on the kernel command line ({cmdline})", r))
+            want.append((LocateMethod.MEMMAP, f"memmap= on the kernel command line ({cmdline})", r))
     for start, size in regions:
-        want.append(("config", "regions in the configuration", Range(start, start + size)))
+        r = Range(start, start + size)
+        want.append((LocateMethod.CONFIG, "regions in the configuration", r))
     if want:
         io = parse_iomem(_read_attr(iomem)) if iomem.exists() else []
         for method, source, r in want:

@@ -14,24 +14,34 @@ SIGTERM) and unmounts the file systems.  ``Manager.Reboot()`` would be ``systemc
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from .errors import DumpsaverError
+from .paths import PID1_PRIVATE
 
-PRIVATE_ADDRESS: Final = b"unix:path=/run/systemd/private"
+PRIVATE_ADDRESS: Final = b"unix:path=" + PID1_PRIVATE.encode()
 DESTINATION: Final = b"org.freedesktop.systemd1"
 MANAGER_PATH: Final = b"/org/freedesktop/systemd1"
 MANAGER_IFACE: Final = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE: Final = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE: Final = b"org.freedesktop.systemd1.Service"
 
+class RestartAction(enum.StrEnum):
+    """What follows a saved dump (the ``restart`` setting)."""
+
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+    CONTINUE = "continue"
+
+
 ACTIONS: Final = {
-    "reboot": "reboot.target",
-    "poweroff": "poweroff.target",
-    "continue": None,
+    RestartAction.REBOOT: "reboot.target",
+    RestartAction.POWEROFF: "poweroff.target",
+    RestartAction.CONTINUE: None,
 }
 
 # Factory for an open-able pystemd bus object; injectable for tests.
@@ -67,13 +77,14 @@ def request_restart(
     everything it needs before, since systemd stops this unit right after.  Raises
     :class:`DumpsaverError` when systemd cannot be reached or refuses.
     """
-    if action not in ACTIONS:
+    try:
+        target = ACTIONS[RestartAction(action)]
+    except ValueError:
         raise DumpsaverError(
             f"unknown restart action {action!r}",
             hint="use one of: " + ", ".join(ACTIONS),
             exit_code=2,
-        )
-    target = ACTIONS[action]
+        ) from None
     if target is None:
         return
     if sync:
@@ -146,7 +157,7 @@ _SERVICE_PROPS: Final = [
 
 def default_bus_factory() -> BusFactory:
     """PID 1's private socket when we are root and it exists, else the system bus."""
-    if os.geteuid() == 0 and os.path.exists("/run/systemd/private"):
+    if os.geteuid() == 0 and os.path.exists(PID1_PRIVATE):
         return _private_bus_factory(PRIVATE_ADDRESS)
     return _system_bus_factory()
 

@@ -4,27 +4,31 @@ kdump users must crash the machine to know kdump works.  Here the simulator
 writes a dump of a small simulated machine into the real reserved region
 through /dev/mem, a record of what it wrote goes to the state directory, and
 the machine warm-reboots.  The next boot's dumpsaver.service saves the dump
-like any other (without the clean restart: nothing crashed); `dumpsaver
-status` then regenerates the simulated machine from its seed and compares
-every saved page of the vmcore with it.
+like any other (without the clean restart: nothing crashed); the first
+`dumpsaver status` after that regenerates the simulated machine from its seed,
+compares every saved page of the core (ELF or kdump-compressed) with it, and
+keeps the verdict in place of the record: later statuses show the verdict
+without rebuilding anything, whatever retention did to the test dump since.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dumpsaver import elfnote as E
-from dumpsaver import state
+from dumpsaver import readback, state
 from dumpsaver.errors import DumpsaverError, FormatError
 from dumpsaver.locate import Candidate
 from dumpsaver.physmem import PhysMem
 
-RECORD = "selftest.json"
+RECORD = "selftest.json"  # written by `dumpsaver test`, consumed by the first verdict
+RESULT = "selftest-result.json"  # the verdict, kept until the next `dumpsaver test`
 PANIC = "dumpsaver test: simulated crash (no real panic)"
 
 
@@ -56,19 +60,26 @@ def start(
         work, memory=memory, profile="idle", seed=seed, panic=PANIC, target_mem=mem_path,
         target_region=(region.start, region.size), ground_truth=False,
     )
-    record = {"dump_id": manifest["dump_id"], "seed": seed, "memory": memory, "profile": "idle",
-              "saved_pages": manifest["saved_pages"], "region": [region.start, region.end],
-              "truncated": manifest["truncated"]}
+    record = {"dump_id": manifest.dump_id, "seed": seed, "memory": memory, "profile": "idle",
+              "saved_pages": manifest.saved_pages, "region": [region.start, region.end],
+              "truncated": manifest.truncated}
+    with contextlib.suppress(OSError):
+        (state_dir / RESULT).unlink()
     state.write_json(state_dir, RECORD, record)
     return record
 
 
-def pending(state_dir: Path) -> dict[str, Any] | None:
+def _read(state_dir: Path, name: str) -> dict[str, Any] | None:
     try:
-        data = json.loads((state_dir / RECORD).read_bytes()[:65536])
+        data = json.loads((state_dir / name).read_bytes()[:65536])
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def pending(state_dir: Path) -> dict[str, Any] | None:
+    """The record of a test dump written but not judged yet."""
+    return _read(state_dir, RECORD)
 
 
 def is_selftest(state_dir: Path, dump_id: str) -> bool:
@@ -76,59 +87,73 @@ def is_selftest(state_dir: Path, dump_id: str) -> bool:
     return rec is not None and rec.get("dump_id") == dump_id
 
 
+class Result(enum.StrEnum):
+    PASSED = "PASSED"  # every page compared equal
+    NOT_PASSED = "NOT PASSED"  # a page differs or is missing, or nothing was saved (yet)
+    NOT_VERIFIED = "NOT VERIFIED"  # saved, but its pages could not be compared
+
+
 @dataclass
 class Verdict:
-    ok: bool
+    result: Result
     text: str
+    dump_id: str = ""
+    final: bool = False  # the saved copy was judged: the record is consumed
+    time: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.PASSED
+
+
+def report(state_dir: Path, dumps: list[tuple[Path, dict[str, Any]]]) -> Verdict | None:
+    """The self-test's verdict for ``dumpsaver status``, or None when there is none.
+
+    The first verdict on a saved test dump replaces the record (durably), so it is
+    computed once; until the dump is saved, each call says it is not saved yet."""
+    kept = _read(state_dir, RESULT)
+    if kept is not None:
+        try:
+            return Verdict(Result(kept["result"]), str(kept["text"]), str(kept["dump_id"]),
+                           True, str(kept.get("time", "")))
+        except (KeyError, ValueError):
+            pass  # damaged: judge again if the record is still there
+    rec = pending(state_dir)
+    if rec is None:
+        return None
+    v = verify(rec, dumps)
+    if v.final:
+        v.time = datetime.now(UTC).isoformat(timespec="seconds")
+        data = asdict(v)
+        data["result"] = str(v.result)
+        with contextlib.suppress(OSError):  # a read-only state dir: judged again next time
+            state.write_json(state_dir, RESULT, data)
+            (state_dir / RECORD).unlink()
+    return v
 
 
 def verify(record: dict[str, Any], dumps: list[tuple[Path, dict[str, Any]]]) -> Verdict:
     """Compare the saved copy of the self-test dump with the regenerated machine."""
     from dumpsaver import simulate
 
-    match = [(p, i) for p, i in dumps if i.get("dump_id") == record.get("dump_id")]
+    did = str(record.get("dump_id"))
+    match = [(p, i) for p, i in dumps if i.get("dump_id") == did]
     if not match:
-        return Verdict(False, "the test dump has not been saved (yet): did the machine "
-                              "warm-reboot with the region still reserved?")
+        return Verdict(Result.NOT_PASSED, "the test dump has not been saved (yet): did the "
+                       "machine warm-reboot with the region still reserved?", did)
     path, info = match[0]
-    if info.get("format") != "elf":
-        return Verdict(info.get("complete") is True,
-                       f"saved as {path.name} ({info.get('format')}); the page check needs ELF")
     m = simulate.Machine(int(record["memory"]), simulate.PROFILES[str(record["profile"])],
                          int(record["seed"]))
     core = path / str(info.get("file", "vmcore"))
     try:
-        pages = read_elf_pages(core, m.page_size)
+        pages = readback.pages(core, str(info.get("format")), m.page_size)
     except (OSError, DumpsaverError) as e:
-        return Verdict(False, f"cannot read {core}: {e}")
+        return Verdict(Result.NOT_VERIFIED, f"saved as {path.name} ({info.get('format')}), "
+                       f"but its pages cannot be read back: {e}", did, True)
     bad = sum(1 for pfn, data in pages.items() if data != m.page(pfn))
     want = int(record["saved_pages"])
     if bad or len(pages) != want:
-        return Verdict(False, f"saved as {path.name} but {bad} pages differ and "
-                              f"{len(pages)} of {want} are there")
-    return Verdict(True, f"saved intact as {path.name}: {want} pages equal the simulated machine")
-
-
-def read_elf_pages(core: Path, page_size: int) -> dict[int, bytes]:
-    """All pages of an ELF core's PT_LOAD segments, keyed by PFN (small cores only)."""
-    with open(core, "rb") as f:
-        ehdr = E.EHDR.unpack(f.read(E.EHDR.size))
-        if ehdr[0][:4] != b"\x7fELF":
-            raise DumpsaverError("not an ELF file")
-        phoff, phnum = ehdr[5], ehdr[10]
-        f.seek(phoff)
-        phdrs = [E.PHDR.unpack(f.read(E.PHDR.size)) for _ in range(phnum)]
-        out = {}
-        for p_type, _fl, off, _va, paddr, filesz, _memsz, _al in phdrs:
-            if p_type != E.PT.LOAD:
-                continue
-            f.seek(off)
-            for i in range(filesz // page_size):
-                out[(paddr // page_size) + i] = f.read(page_size)
-    return out
-
-
-def finish(state_dir: Path) -> None:
-    with contextlib.suppress(OSError):
-        (state_dir / RECORD).unlink()
-
+        return Verdict(Result.NOT_PASSED, f"saved as {path.name} but {bad} pages differ and "
+                       f"{len(pages)} of {want} are there", did, True)
+    return Verdict(Result.PASSED, f"saved intact as {path.name} ({info.get('format')}): "
+                   f"{want} pages equal the simulated machine", did, True)

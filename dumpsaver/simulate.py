@@ -23,7 +23,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dumpsaver import elfnote
@@ -339,6 +339,26 @@ def write_sysfs(root: Path, header_paddr: int, area: list[tuple[int, int]]) -> N
     (root / "release").write_text("")
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """What a simulated crash saved and where: DIR/manifest.json is this, as JSON."""
+
+    page_size: int
+    memory: int
+    profile: str
+    seed: int
+    codec: str
+    saved: list[list[int]]  # [first, last] PFN runs the panic side saved
+    saved_pages: int
+    selected_pages: int
+    truncated: bool
+    classes: dict[str, int]  # pages per class
+    dump_area: list[list[int]]  # [start, end) of each extent; the header at the first
+    compressed_bytes: int
+    dump_id: str
+    panic: str
+
+
 def simulate(
     into: Path,
     *,
@@ -354,7 +374,7 @@ def simulate(
     target_region: tuple[int, int] | None = None,
     crash_time_ns: int | None = None,
     ground_truth: bool = True,
-) -> dict[str, object]:
+) -> Manifest:
     """Crash a simulated machine; write the files described in the module docstring."""
     if profile not in PROFILES:
         raise DumpsaverError(f"unknown profile {profile!r}", hint=f"one of {', '.join(PROFILES)}")
@@ -383,21 +403,21 @@ def simulate(
             c = crash(m, mem, extents, codec=codec, excluded=excluded, panic=panic,
                       crash_time_ns=crash_time_ns)
         write_sysfs(into / "sys", c.area[0][0], c.area)
-    manifest: dict[str, object] = {
-        "page_size": m.page_size,
-        "memory": memory,
-        "profile": profile,
-        "seed": seed,
-        "codec": codec.label,
-        "saved": [list(r) for r in c.saved],
-        "saved_pages": sum(b - a + 1 for a, b in c.saved),
-        "selected_pages": c.selected,
-        "truncated": c.header.truncated,
-        "classes": {pc.label: n for pc, n in m.counts().items()},
-        "dump_area": [list(r) for r in c.area],
-        "compressed_bytes": c.header.dir_offset + c.header.dir_bytes,
-        "dump_id": str(c.header.dump_id),
-        "panic": panic,
-    }
-    (into / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest = Manifest(
+        page_size=m.page_size,
+        memory=memory,
+        profile=profile,
+        seed=seed,
+        codec=codec.label,
+        saved=[list(r) for r in c.saved],
+        saved_pages=sum(b - a + 1 for a, b in c.saved),
+        selected_pages=c.selected,
+        truncated=c.header.truncated,
+        classes={pc.label: n for pc, n in m.counts().items()},
+        dump_area=[list(r) for r in c.area],
+        compressed_bytes=c.header.dir_offset + c.header.dir_bytes,
+        dump_id=str(c.header.dump_id),
+        panic=panic,
+    )
+    (into / "manifest.json").write_text(json.dumps(asdict(manifest), indent=1) + "\n")
     return manifest

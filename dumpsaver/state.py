@@ -1,7 +1,10 @@
 """Failed attempts, remembered across boots so that a failing save never loops.
 
-state_dir/attempts.json: {"dump_id": ..., "count": n, "reason": ..., "time": ...}
-for the dump in memory that could not be saved.  Cleared once a dump is saved.
+state_dir/attempts.json: {"dump_id": ..., "identity": ..., "count": n, "reason": ...,
+"time": ...} for the dump in memory that could not be saved (``identity``: see
+dumpsaver.catalogue.identity; a new crash under a reused dump id starts afresh).
+Cleared once a dump is saved.  A busy lock is not an attempt: the caller does not
+record it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from dumpsaver.faults import checkpoint
 
 FILE = "attempts.json"
 
@@ -24,17 +29,20 @@ def load(state_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def attempts_for(state_dir: Path, dump_id: str) -> int:
+def attempts_for(state_dir: Path, dump_id: str, identity: str | None = None) -> int:
     s = load(state_dir)
     count = s.get("count", 0)
-    return count if s.get("dump_id") == dump_id and isinstance(count, int) else 0
+    same = s.get("dump_id") == dump_id and s.get("identity", identity) == identity
+    return count if same and isinstance(count, int) else 0
 
 
-def record_failure(state_dir: Path, dump_id: str, reason: str) -> int:
+def record_failure(state_dir: Path, dump_id: str, reason: str, identity: str | None = None) -> int:
     """Count one more failed attempt for ``dump_id``; return the new count.  Durable."""
-    count = attempts_for(state_dir, dump_id) + 1
+    count = attempts_for(state_dir, dump_id, identity) + 1
     data = {"dump_id": dump_id, "count": count, "reason": reason,
             "time": datetime.now(UTC).isoformat()}
+    if identity is not None:
+        data["identity"] = identity
     with contextlib.suppress(OSError):  # a read-only /var must not turn a failure into a crash
         write_json(state_dir, FILE, data, checkpoint_name="state")
     return count
@@ -55,8 +63,6 @@ def write_json(state_dir: Path, name: str, data: dict[str, Any], *,
         f.flush()
         os.fsync(f.fileno())
     if checkpoint_name:
-        from dumpsaver.save import checkpoint  # fault injection (interruption tests)
-
         checkpoint(checkpoint_name)
     os.replace(tmp, state_dir / name)
     fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -67,8 +73,6 @@ def write_json(state_dir: Path, name: str, data: dict[str, Any], *,
 
 
 def clear(state_dir: Path) -> None:
-    from dumpsaver.save import checkpoint  # fault injection (interruption tests)
-
     checkpoint("state-clear")
     with contextlib.suppress(OSError):
         (state_dir / FILE).unlink()

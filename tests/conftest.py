@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,51 +15,37 @@ import pytest
 
 from dumpsaver import config as config_mod
 from dumpsaver import format as fmt
-from dumpsaver import locate, save
+from dumpsaver import locate, paths, save
 from dumpsaver.codecs import Codec
-from dumpsaver.simulate import simulate
+
+from . import machine
+from .machine import Sim
 
 REPO = Path(__file__).resolve().parent.parent
+_HOST: list[Path] = []
 
 
-@dataclass
-class Sim:
-    dir: Path
-    manifest: dict[str, Any]
+def hermetic_config() -> Path:
+    """The configuration every test's program reads unless the test names another: the
+    built-in defaults but for dump_dir and state_dir, which point into a temp directory
+    (removed at the end of the session), so no test reads the host's /etc/dumpsaver or
+    touches its /var/dumps or /var/lib/dumpsaver."""
+    if not _HOST:
+        _HOST.append(Path(tempfile.mkdtemp(prefix="dumpsaver-test-host-")))
+        cfg = _HOST[0] / "dumpsaver.yaml"
+        cfg.write_text(f"dump_dir: {_HOST[0] / 'dumps'}\nstate_dir: {_HOST[0] / 'state'}\n")
+    return _HOST[0] / "dumpsaver.yaml"
 
-    @property
-    def mem(self) -> Path:
-        return self.dir / "mem"
 
-    @property
-    def sys(self) -> Path:
-        return self.dir / "sys"
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for d in _HOST:
+        shutil.rmtree(d, ignore_errors=True)
 
-    @property
-    def before(self) -> Path:
-        return self.dir / "before.mem"
 
-    @property
-    def header_paddr(self) -> int:
-        return int(self.manifest["dump_area"][0][0])
-
-    def saved_pfns(self) -> list[int]:
-        return [p for a, b in self.manifest["saved"] for p in range(a, b + 1)]
-
-    def truth(self, pfn: int) -> bytes:
-        ps = self.manifest["page_size"]
-        with open(self.before, "rb") as f:
-            f.seek(pfn * ps)
-            return f.read(ps)
-
-    def magic(self) -> bytes:
-        with open(self.mem, "rb") as f:
-            f.seek(self.header_paddr)
-            return f.read(8)
-
-    def cli_args(self, dest: Path) -> list[str]:
-        return ["--mem", str(self.mem), "--sysfs", str(self.sys), "--cmdline", "/dev/null",
-                "--dest", str(dest), "--state-dir", str(dest.parent / "state")]
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process calls (cli.main, config.load) are hermetic too."""
+    monkeypatch.setenv(paths.CONFIG_ENV, str(hermetic_config()))
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +65,9 @@ def make_sim(
         key = (memory, profile, seed, codec, tuple(sorted(kw.items())))
         if key not in sim_cache:
             d = tmp_path_factory.mktemp("sim")
-            m = simulate(d, memory=memory, profile=profile, seed=seed, codec=codec,
-                         crash_time_ns=1_700_000_000_000_000_000 + seed, **kw)
-            sim_cache[key] = Sim(d, m)
+            sim_cache[key] = machine.make(d, memory=memory, profile=profile, seed=seed,
+                                          codec=codec,
+                                          crash_time_ns=1_700_000_000_000_000_000 + seed, **kw)
         src = sim_cache[key]
         d = tmp_path / f"sim{next(counter)}"
         d.mkdir()
@@ -91,7 +76,7 @@ def make_sim(
             subprocess.run(cp, check=True)
         (d / "before.mem").symlink_to(src.dir / "before.mem")
         shutil.copytree(src.dir / "sys", d / "sys")
-        return Sim(d, json.loads((d / "manifest.json").read_text()))
+        return machine.load(d)
 
     return make
 
@@ -115,8 +100,11 @@ def save_sim(sim: Sim, dest: Path, **kw: Any) -> save.Result:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m dumpsaver ARGS``, hermetic: never the host's configuration or state
+    (hermetic_config, unless ``env`` or ``--config`` names another)."""
     e = dict(os.environ)
     e.pop("NOTIFY_SOCKET", None)
+    e[paths.CONFIG_ENV] = str(hermetic_config())
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "dumpsaver", *args], capture_output=True,
                           text=True, env=e, timeout=300)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from dumpsaver import format as fmt
 from dumpsaver import locate
 from dumpsaver.errors import EXIT_CORRUPT
 
-from .conftest import run_cli
+from .conftest import REPO, hermetic_config, run_cli
 
 
 def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
@@ -43,6 +45,16 @@ def test_simulate_save_status_fixed_interface(tmp_path: Path) -> None:
     assert s["areas"][0]["method"] == "sysfs" and "already saved" in s["areas"][0]["dump"]
     assert s["dumps"][0]["id"] == saved.name and s["dumps"][0]["complete"] is True
     assert s["free_bytes"] > 0 and s["minfree"] == 64 << 20
+    # psutil's figures: the dump directory's file system, RAM and the areas' share
+    import psutil
+
+    assert s["filesystem"]["free_bytes"] == s["free_bytes"] and s["filesystem"]["fstype"]
+    assert s["memory"]["total_bytes"] == psutil.virtual_memory().total
+    area_bytes = sum(b - a for a, b in s["areas"][0]["ranges"])
+    assert s["memory"]["dump_area_bytes"] == area_bytes > 0
+    assert s["boot_time"].endswith("UTC")
+    info = json.loads((saved / "info.json").read_text())
+    assert info["peak_rss_bytes"] > 1 << 20 and info["identity"].startswith(info["dump_id"])
 
     r = run_cli("list", "--dest", str(dest))
     assert saved.name in r.stdout and "complete" in r.stdout
@@ -138,3 +150,43 @@ def test_no_dump_fast_path(tmp_path: Path) -> None:
     assert not cli.surely_no_dump(**args)
     assert not cli.surely_no_dump(config=str(cfg), sysfs_header=str(hdr),
                                   cmdline=str(tmp_path / "unreadable"))
+
+
+def test_exit_codes_agree_in_help_and_man_page() -> None:
+    """One table (errors.Exit): the --help epilog is made from it, and dumpsaver(8)'s
+    EXIT STATUS lists the same codes with the same meaning."""
+    import re
+
+    from dumpsaver.commands import parser
+    from dumpsaver.errors import Exit
+
+    epilog = parser().epilog or ""
+    for code in Exit:
+        assert f"{int(code)} {code.meaning}" in epilog, code
+    man = (REPO / "docs" / "man" / "dumpsaver.8").read_text()
+    section = man.split(".SH EXIT STATUS", 1)[1].split("\n.SH ", 1)[0]
+    entries = dict(re.findall(r"^\.TP\n\.B (\d+)\n(.*?)(?=^\.TP|\Z)", section, re.M | re.S))
+    assert sorted(int(c) for c in entries) == [int(c) for c in Exit]
+    # each man entry says what the table's entry says (a key word of it)
+    words = {Exit.OK: "Success", Exit.FAILURE: "Failure", Exit.USAGE: "configuration",
+             Exit.NO_DUMP: "No dump", Exit.INCOMPLETE: "incomplete", Exit.NO_SPACE: "space",
+             Exit.CORRUPT: "header", Exit.BUSY: "lock", Exit.GAVE_UP: "attempts"}
+    for code, word in words.items():
+        assert word in entries[str(int(code))], (code, entries[str(int(code))])
+
+
+def test_cli_under_test_never_reads_the_host_config(tmp_path: Path) -> None:
+    """run_cli points DUMPSAVER_CONFIG at the session's hermetic configuration (dump and
+    state directories in a temp directory), and the program honours it on both paths
+    (the no-dump fast path and the full one)."""
+    r = run_cli("status", "--json", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null")
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["config"] == str(hermetic_config())
+    assert s["dump_dir"].startswith(tempfile.gettempdir()), s["dump_dir"]
+    r = run_cli("save", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null",
+                env={"DUMPSAVER_CONFIG": os.devnull})
+    assert r.returncode == 0 and "no dump" in r.stdout  # the fast path, with the defaults
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: blue\n")
+    r = run_cli("save", env={"DUMPSAVER_CONFIG": str(bad)})  # not the fast path: it has a key
+    assert r.returncode == 2 and str(bad) in r.stderr

@@ -191,23 +191,6 @@ def test_notifier_errors_never_escape() -> None:
     assert journal.notify_status("x", notifier=broken) is False
 
 
-def test_status_throttle() -> None:
-    now = [100.0]
-    sent: list[str] = []
-
-    def notifier(state: str) -> bool:
-        sent.append(state)
-        return True
-
-    st = journal.StatusThrottle(0.5, notifier=notifier, clock=lambda: now[0])
-    assert st.update("1%")
-    assert not st.update("2%")
-    now[0] += 0.6
-    assert st.update("3%")
-    assert st.update("done", force=True)
-    assert sent == ["STATUS=1%", "STATUS=3%", "STATUS=done"]
-
-
 def test_degrades_without_python_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under systemd but without the systemd module: stderr with <N> prefixes, raw notify."""
     import builtins

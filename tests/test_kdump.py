@@ -21,8 +21,8 @@ from dumpsaver import codecs, locate, save
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec
 from dumpsaver.decode import Dump
-from dumpsaver.writers import get
-from dumpsaver.writers.flat import FlatKdumpWriter, write_flat
+from dumpsaver.writers import flat, get
+from dumpsaver.writers.flat import write_flat
 from dumpsaver.writers.kdump import FileSink, KdumpWriter, Layout, dumped_bitmap, write_kdump
 
 from .conftest import Sim, entry_paddr, header_of, save_sim
@@ -195,11 +195,13 @@ def test_estimate_is_an_upper_bound(make_sim) -> None:  # type: ignore[no-untype
         mem, dump = open_dump(sim)
         with mem:
             scan = dump.scan()
-            for writer in (KdumpWriter(), FlatKdumpWriter()):
-                out = sim.dir / f"out.{writer.name}"
+            kdump = KdumpWriter()
+            for name, write, estimate in (("kdump", kdump.write, kdump.estimate),
+                                          ("flat", write_flat, flat.estimate)):
+                out = sim.dir / f"out.{name}"
                 with open(out, "wb") as f:
-                    w = writer.write(f.fileno(), dump, scan, None)
-                assert w.size == out.stat().st_size <= writer.estimate(dump, scan), codec
+                    w = write(f.fileno(), dump, scan, None)
+                assert w.size == out.stat().st_size <= estimate(dump, scan), codec
                 assert w.pages == scan.good
 
 
@@ -309,14 +311,12 @@ def test_flat_stream_through_a_pipe(make_sim) -> None:  # type: ignore[no-untype
 
 @pytest.mark.parametrize("release", [False, True])
 def test_stream_save_keeps_the_dump_unless_told(make_sim, release) -> None:  # type: ignore[no-untyped-def]
-    from dumpsaver.writers import flat
-
     sim = make_sim(memory=8 << 20, seed=7)
     cand, (mem, dump) = locate.from_sysfs(sim.sys), open_dump(sim)
     assert cand is not None
     with mem, open(sim.dir / "out.flat", "wb") as f:
-        written, _scan = flat.stream_save(cand, dump, f.fileno(), mem_path=str(sim.mem),
-                                          release=release)
+        written, _scan = save.stream_save(cand, dump, f.fileno(), mem_path=str(sim.mem),
+                                          release_after=release)
     assert written.size == (sim.dir / "out.flat").stat().st_size
     assert sim.magic() == (fmt.SAVED_MAGIC if release else fmt.MAGIC)
 

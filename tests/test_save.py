@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -133,6 +134,103 @@ def test_second_saver_refuses_clearly(make_sim, tmp_path) -> None:  # type: igno
         os.close(fd)
     assert sim.magic() == fmt.MAGIC
     assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == 0
+
+
+def test_busy_lock_is_not_a_failed_attempt(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent runs must not use up max_attempts (issue 8)."""
+    sim = make_sim(memory=8 << 20)
+    dest = tmp_path / "dumps"
+    dest.mkdir(mode=0o700)
+    fd = os.open(dest / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        for _ in range(4):  # more than max_attempts (3)
+            assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == EXIT_BUSY
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "state" / "attempts.json").exists()
+    assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == 0
+
+
+def test_the_lock_is_per_area_not_per_dump_dir(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two savers of one area with different --dest: one saves, the other is refused
+    (issue 9, defect 11: both saved and both released, the second writing into memory
+    already handed back)."""
+    from dumpsaver import save
+
+    sim = make_sim(memory=8 << 20)
+    with save.area_locked(sim.candidate(), str(sim.mem), 0.0):  # a saver at work
+        r = run_cli("save", *sim.cli_args(tmp_path / "other"), "--no-restart")
+        assert r.returncode == EXIT_BUSY and "another dumpsaver" in r.stderr, r.stderr
+        assert saved_dirs(tmp_path / "other") == []
+    assert sim.magic() == fmt.MAGIC
+    assert not (tmp_path / "state" / "attempts.json").exists()
+    # another area of the same memory device is not held by that lock
+    elsewhere = dataclasses.replace(sim.candidate(), header=sim.header_paddr + (1 << 20))
+    with save.area_locked(elsewhere, str(sim.mem), 0.0):
+        assert run_cli("save", *sim.cli_args(tmp_path / "d3"), "--no-restart").returncode == 0
+
+
+def test_saved_by_another_saver_meanwhile(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A saver that opened the dump, then got the area lock only after another saver had
+    saved and released it, neither saves it again nor writes into the area (defect 11)."""
+    from dumpsaver import release, save
+    from dumpsaver.errors import AlreadySavedError
+
+    sim = make_sim(memory=8 << 20)
+    cand = sim.candidate()
+    mem, dump = save.open_dump(cand, str(sim.mem))  # this saver's view, before the lock
+    with mem:
+        release.release(cand, str(sim.mem))  # what the other saver did meanwhile
+        before = sim.mem.read_bytes()
+        with pytest.raises(AlreadySavedError, match="another dumpsaver"):
+            save.save(test_config(), cand, dump, mem_path=str(sim.mem), dest=tmp_path / "d")
+        (cand.release or tmp_path).unlink()  # a released sysfs area disappears
+        with pytest.raises(AlreadySavedError, match="saved and released"):
+            save.save(test_config(), cand, dump, mem_path=str(sim.mem), dest=tmp_path / "d")
+    assert sim.mem.read_bytes() == before
+    assert not (tmp_path / "d").exists()
+
+
+def test_unexpected_error_counts_and_cleans_up(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An error that is not a DumpsaverError (a bug, MemoryError) is a failed attempt, so
+    max_attempts applies, and leaves no .tmp-* behind (issue 9)."""
+    sim = make_sim(memory=8 << 20)
+    dest = tmp_path / "dumps"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("minfree: 0\nmax_attempts: 2\n")
+    args = ["--config", str(cfg), "save", *sim.cli_args(dest), "--no-restart"]
+    for n in (1, 2):
+        r = run_cli(*args, env={"DUMPSAVER_RAISE_AT": "fsync-core"})
+        assert r.returncode == 1 and "internal error: InjectedFault" in r.stderr, r.stderr
+        assert [p.name for p in dest.iterdir()] == [".lock"]  # no .tmp-*, no dump
+        state = json.loads((tmp_path / "state" / "attempts.json").read_text())
+        assert state["count"] == n and "InjectedFault" in state["reason"]
+    assert run_cli(*args).returncode == 8  # gave up: the boot does not loop
+    assert sim.magic() == fmt.MAGIC
+    assert run_cli(*args, "--force").returncode == 0
+
+
+def test_a_new_crash_under_a_saved_dump_id_is_saved(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ "Already saved" is not decided by dump_id alone (issue 9, defect 8): the simulator
+    repeats the id for a seed, as any writer may."""
+    dest = tmp_path / "dumps"
+    first = make_sim(memory=8 << 20, seed=6)
+    assert run_cli("save", *first.cli_args(dest), "--no-restart").returncode == 0
+    second = make_sim(memory=8 << 20, seed=6, panic="BUG: another crash")
+    assert second.manifest["dump_id"] == first.manifest["dump_id"]
+    r = run_cli("save", *second.cli_args(dest), "--no-restart")
+    assert r.returncode == 0 and "already-saved" not in r.stdout, r.stdout
+    dirs = saved_dirs(dest)
+    assert len(dirs) == 2
+    panics = sorted(json.loads((d / "info.json").read_text())["panic"] for d in dirs)
+    assert panics == ["BUG: another crash", "sysrq triggered crash"]
+    check_against_truth(dirs[1] / "vmcore", second)
+    # the same crash again is still recognised (and only released)
+    third = make_sim(memory=8 << 20, seed=6, panic="BUG: another crash")
+    r = run_cli("save", *third.cli_args(dest), "--no-restart")
+    assert r.returncode == 0 and "already-saved" in r.stdout
+    assert len(saved_dirs(dest)) == 2 and third.magic() == fmt.SAVED_MAGIC
 
 
 def test_permissions_root_only(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]

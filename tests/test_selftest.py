@@ -50,6 +50,58 @@ def test_selftest_round_trip(tmp_path: Path) -> None:
     assert "self-test:   PASSED" in out
 
 
+def test_selftest_kdump_compares_pages(tmp_path: Path) -> None:
+    """With format: kdump the pages are read back and compared too (issue 8: it said
+    PASSED without comparing a page), and a differing page is NOT PASSED."""
+    from dumpsaver import selftest
+
+    where = machine(tmp_path)
+    cfg = {"DUMPSAVER_CONFIG": str(tmp_path / "c.yaml")}
+    (tmp_path / "c.yaml").write_text("format: kdump\nminfree: 0\n")
+    assert run_cli("test", *where, "--no-reboot", env=cfg).returncode == 0
+    rec = selftest.pending(tmp_path / "state")
+    assert rec is not None
+    assert run_cli("save", *where, env=cfg).returncode == 0
+    (saved,) = [p for p in (tmp_path / "dumps").iterdir() if p.is_dir()]
+    info = json.loads((saved / "info.json").read_text())
+    assert info["format"] == "kdump"
+    v = selftest.verify(rec, [(saved, info)])
+    assert v.result is selftest.Result.PASSED, v.text
+    assert f"{rec['saved_pages']} pages equal" in v.text
+    other = {**rec, "seed": rec["seed"] + 1}  # another machine: its pages differ
+    v = selftest.verify(other, [(saved, info)])
+    assert v.result is selftest.Result.NOT_PASSED and "pages differ" in v.text
+    (saved / "vmcore").write_bytes(b"not a core")
+    v = selftest.verify(rec, [(saved, info)])
+    assert v.result is selftest.Result.NOT_VERIFIED, v.text
+
+
+def test_selftest_verdict_is_kept_not_rebuilt(tmp_path: Path) -> None:
+    """The record is consumed by the first verdict: later statuses neither rebuild the
+    machine nor say NOT PASSED once retention deleted the test dump (issue 8)."""
+    import shutil
+
+    where = machine(tmp_path)
+    state = tmp_path / "state"
+    assert run_cli("test", *where, "--no-reboot").returncode == 0
+    assert run_cli("save", *where).returncode == 0
+    assert (state / "selftest.json").exists()
+    s = json.loads(run_cli("status", "--json", *where).stdout)
+    assert s["selftest"]["verdict"] == "PASSED"
+    assert not (state / "selftest.json").exists()
+    assert json.loads((state / "selftest-result.json").read_text())["result"] == "PASSED"
+    for d in (tmp_path / "dumps").iterdir():  # retention took the test dump
+        if d.is_dir():
+            shutil.rmtree(d)
+    s = json.loads(run_cli("status", "--json", *where).stdout)
+    assert s["selftest"]["verdict"] == "PASSED" and s["selftest"]["judged_at"]
+    # a new test starts afresh
+    assert run_cli("test", *where, "--no-reboot").returncode == 0
+    assert not (state / "selftest-result.json").exists()
+    s = json.loads(run_cli("status", "--json", *where).stdout)
+    assert s["selftest"]["verdict"] == "NOT PASSED" and "not been saved" in s["selftest"]["result"]
+
+
 def test_selftest_needs_a_region(tmp_path: Path) -> None:
     r = run_cli("test", "--sysfs", str(tmp_path / "x"), "--cmdline", "/dev/null", "--no-reboot")
     assert r.returncode == 1 and "no reserved region" in r.stderr and "memmap=" in r.stderr

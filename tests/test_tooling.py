@@ -54,3 +54,36 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["meta"]["quick"] is True
     assert len(results) > 3, sorted(results)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (at any level, function bodies included)."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ("dumpsaver." if node.level else "") + (node.module or "")
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def test_dependencies_point_one_way() -> None:
+    """The kill-point hook and the paths table are leaves (style.md, item 13); the stages
+    below the save never import it, nor the boot job or the CLI above it."""
+    pkg = REPO / "dumpsaver"
+    for leaf in ("faults.py", "paths.py"):
+        ours = {m for m in _imports(pkg / leaf) if m.startswith("dumpsaver")}
+        assert not ours, (leaf, ours)
+    above = {"dumpsaver.save", "dumpsaver.boot", "dumpsaver.commands", "dumpsaver.status",
+             "dumpsaver.cli"}
+    below = [*sorted((pkg / "writers").glob("*.py")),
+             *(pkg / n for n in ("decode.py", "format.py", "physmem.py", "locate.py",
+                                 "codecs.py", "state.py", "release.py", "retention.py",
+                                 "catalogue.py", "restart.py", "journal.py"))]
+    for f in below:
+        bad = _imports(f) & above
+        assert not bad, (f.name, bad)

@@ -44,7 +44,7 @@ CORRUPTION_MACHINES = [
 ]
 
 
-def _machines(specs: list[tuple[int, str, int, Codec]], root: Path) -> list[H.Machine]:
+def _machines(specs: list[tuple[int, str, int, Codec]], root: Path) -> list[H.Sim]:
     out = []
     for i, (mem, prof, seed, codec) in enumerate(specs):
         if not available(codec):
@@ -86,7 +86,7 @@ def corruption(work: Path, cases: int) -> dict[str, Any]:
                              "by_kind": {}, "by_region": {}, "examples": []}  # fmt: skip
     for i, m in enumerate(ms):
         fig = H.run_corruption(m, work, per, first_seed=1_000_000 * (i + 1), save_every=200,
-                               time_bound=5.0, spy=(i == 0))  # fmt: skip
+                               spy=(i == 0))  # fmt: skip
         for k in ("cases", "escaped", "problems", "outside_accesses", "refused", "opened",
                   "pages_checked", "pages_damaged_reported", "accesses"):  # fmt: skip
             total[k] += fig[k]

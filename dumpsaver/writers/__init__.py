@@ -7,6 +7,7 @@ how many bytes the file will occupy, for the free-space check before writing.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,17 +42,22 @@ class Writer(Protocol):
     def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written: ...
 
 
+class OutputFormat(enum.StrEnum):
+    """The ``format`` setting: which writer makes the saved core."""
+
+    ELF = "elf"  # an ELF core like /proc/vmcore
+    KDUMP = "kdump"  # makedumpfile's kdump-compressed format
+
+
 def get(name: str) -> Writer:
     from dumpsaver.errors import ConfigError
 
-    if name == "elf":
+    if name == OutputFormat.ELF:
         from dumpsaver.writers.elf import ElfWriter
 
         return ElfWriter()
-    if name == "kdump":
-        try:
-            from dumpsaver.writers.kdump import KdumpWriter
-        except ImportError:
-            raise ConfigError("the kdump-compressed writer is not in this build") from None
+    if name == OutputFormat.KDUMP:
+        from dumpsaver.writers.kdump import KdumpWriter
+
         return KdumpWriter()
     raise ConfigError(f"unknown output format {name!r}", hint="use elf or kdump")

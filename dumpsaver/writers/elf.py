@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from dumpsaver import elfnote as E
+from dumpsaver import faults
 from dumpsaver.decode import Dump, Scan
 from dumpsaver.writers import Progress, Written, pwrite_all
 
@@ -153,13 +154,11 @@ class ElfWriter:
         base = data_off  # file offset of the current run (segments follow each other)
         done = 0
         total_pages = scan.good
-        # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
-        kill_in_loop = os.environ.get("DUMPSAVER_KILL_AT", "").startswith("write-page")
+        # Fault injection for the interruption tests (dumpsaver.faults); off: no cost.
+        kill_in_loop = faults.armed("write-page")
         for pfn, page in dump.pages(scan):
             if kill_in_loop:
-                from dumpsaver.save import checkpoint
-
-                checkpoint("write-page")
+                faults.checkpoint("write-page")
             while pfn >= run_first + run_count:
                 base += run_count * ps
                 run_first, run_count = next(runs)

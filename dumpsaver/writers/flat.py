@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import struct
-from typing import TYPE_CHECKING
 
 from dumpsaver.decode import Dump, Scan
 from dumpsaver.errors import DumpsaverError
 from dumpsaver.writers import Progress, Written
 from dumpsaver.writers.kdump import BITMAP_CHUNK, DATA_FLUSH, DESC_BATCH, Layout
 from dumpsaver.writers.kdump import write_kdump as _write_kdump
-
-if TYPE_CHECKING:
-    from dumpsaver.locate import Candidate
 
 SIGNATURE = b"makedumpfile"
 TYPE_FLAT_HEADER = 1
@@ -106,24 +101,12 @@ def write_flat(fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Wr
     return Written(sink.size, written.pages)
 
 
-class FlatKdumpWriter:
-    """The flattened form as a Writer (the same content as ``kdump``, as a record stream)."""
-
-    name = "kdump-flat"
-    filename = "vmcore.flat"
-
-    def estimate(self, dump: Dump, scan: Scan) -> int:
-        return estimate(dump, scan)
-
-    def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written:
-        return write_flat(fd, dump, scan, progress)
-
-
 def stream(dump: Dump, fd: int, progress: Progress | None = None) -> tuple[Written, Scan]:
     """Scan ``dump`` and stream it to ``fd`` in the flattened form: ``dumpsaver save --stdout``.
 
     Nothing here releases the dump: with a stream nothing durable is known on
-    this side, so the caller keeps the dump unless told otherwise (--release).
+    this side, so the caller keeps the dump unless told otherwise (--release):
+    dumpsaver.save.stream_save.
     """
     if os.isatty(fd):
         raise DumpsaverError(
@@ -132,24 +115,3 @@ def stream(dump: Dump, fd: int, progress: Progress | None = None) -> tuple[Writt
         )
     scan = dump.scan()
     return write_flat(fd, dump, scan, progress), scan
-
-
-def stream_save(
-    cand: Candidate, dump: Dump, fd: int, *, mem_path: str, release: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Written, Scan]:
-    """``dumpsaver save --stdout [--release]``: stream the dump, then maybe release it.
-
-    By default the dump stays in memory: a pipe proves nothing about the far
-    side.  With ``release`` the dump is released only after the last byte was
-    written (and fsynced, when ``fd`` is a regular file); any error before that
-    leaves it in memory.
-    """
-    written, scan = stream(dump, fd, progress)
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        os.fsync(fd)
-    if release:
-        from dumpsaver.save import release as release_dump
-
-        release_dump(cand, mem_path)
-    return written, scan

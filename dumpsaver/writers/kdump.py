@@ -35,12 +35,12 @@ from __future__ import annotations
 import enum
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from dumpsaver import elfnote as E
+from dumpsaver import faults
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor
 from dumpsaver.decode import Dump, Scan
@@ -98,8 +98,6 @@ PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
 #: Pages of other codecs (lz4) are decompressed and stored raw (flags 0), as
 #: ``makedumpfile -d N`` without -c does: on the machines measured, zlib at level 1
 #: costs several times more CPU than writing the bigger file takes (docs/performance.md).
-#: A zlib level here recompresses them instead.
-RECOMPRESS_LEVEL: int | None = None
 
 DESC_BATCH = 8192  # page_desc entries per write (192 KiB)
 DATA_FLUSH = 4 << 20
@@ -369,7 +367,6 @@ def write_kdump(
     chunks: list[bytes] = [bytes(bs)]
     chunk_bytes = bs
     data_at = lay.data_off
-    used_flags = 0
     done = 0
     total = scan.good
     lost = 0  # pages the layout promised but pass two could not deliver
@@ -391,8 +388,8 @@ def write_kdump(
                 first, count = next(runs, (-1, 0))
                 want, end = first, first + count
 
-    # Fault injection for the interruption tests (see save.checkpoint); off: no cost.
-    kill_in_loop = os.environ.get("DUMPSAVER_KILL_AT", "").startswith("write-page")
+    # Fault injection for the interruption tests (dumpsaver.faults); off: no cost.
+    kill_in_loop = faults.armed("write-page")
     pages: Iterator[tuple[fmt.Entry, bytes | None, bool]]
     if decompress is None:  # pages copied unchanged: checked in worker threads
         pages = _checked(dump.stored_pages(scan), h.codec, bs, raw_flag)
@@ -400,9 +397,7 @@ def write_kdump(
         pages = ((e, stored, True) for e, stored in dump.stored_pages(scan))
     for e, stored, decodes in pages:
         if kill_in_loop:
-            from dumpsaver.save import checkpoint
-
-            checkpoint("write-page")
+            faults.checkpoint("write-page")
         if e.pfn != want:
             skip_to(e.pfn)
         flags = e.flags
@@ -430,16 +425,9 @@ def write_kdump(
                 descs.append(zero_desc)
                 lost += 1
             else:
-                z = zlib.compress(page, RECOMPRESS_LEVEL) if RECOMPRESS_LEVEL is not None else b""
-                if z and len(z) < bs:
-                    descs.append(pack(data_at + chunk_bytes, len(z), int(DH.COMPRESSED_ZLIB), 0))
-                    used_flags |= DH.COMPRESSED_ZLIB
-                    chunks.append(z)
-                    chunk_bytes += len(z)
-                else:
-                    descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
-                    chunks.append(page)
-                    chunk_bytes += bs
+                descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
+                chunks.append(page)
+                chunk_bytes += bs
         want += 1
         if want == end:
             first, count = next(runs, (-1, 0))
@@ -464,7 +452,7 @@ def write_kdump(
         data_at += chunk_bytes
     assert desc_at == lay.data_off, (desc_at, lay.data_off)
 
-    status = copy_flag | int(used_flags)
+    status = copy_flag
     if incomplete or lost:
         status |= DH.COMPRESSED_INCOMPLETE
     dh, sub = headers(dump, lay, status)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,9 +385,3 @@ def test_selftest_reboots_saves_and_status_says_passed(selftest: Scenario) -> No
     st = selftest.status(2)
     assert st is not None and st.get("selftest"), st
     assert st["selftest"]["ok"] is True, st["selftest"]
-
-
-def test_report_timings(e2e_timings: dict[str, float], e2e_workdir: Path) -> None:
-    """Not a check: writes the measured numbers next to the evidence."""
-    (e2e_workdir / "timings.json").write_text(json.dumps(e2e_timings, indent=2) + "\n")
-    print(textwrap.indent(json.dumps(e2e_timings, indent=2), "  "))

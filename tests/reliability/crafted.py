@@ -17,13 +17,14 @@ from typing import Any
 
 from dumpsaver import format as fmt
 
-from .harness import Layout, Machine, layout_of
+from ..machine import Sim
+from .harness import Layout, layout_of
 
 
 class Crafted:
     """A private machine whose dump is edited in place, CRCs kept valid."""
 
-    def __init__(self, m: Machine) -> None:
+    def __init__(self, m: Sim) -> None:
         self.m = m
         self.lay: Layout = layout_of(m)
         self.header: fmt.Header = self.lay.header
@@ -88,7 +89,7 @@ class Crafted:
         raise AssertionError(f"no stored page of {at_least} bytes or more")
 
 
-def iomem_args(m: Machine, tmp: Path) -> list[str]:
+def iomem_args(m: Sim, tmp: Path) -> list[str]:
     """``--iomem`` with an /proc/iomem of the simulated machine: its RAM, the area reserved."""
     p = tmp / "iomem"
     a, top = m.area[0], m.manifest["memory"]

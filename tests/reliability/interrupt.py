@@ -1,6 +1,6 @@
 """Interruption campaign: SIGKILL the saver at a point, rerun it, judge the result.
 
-The kill points are save.checkpoint() names (DUMPSAVER_KILL_AT=name[:n]); the
+The kill points are dumpsaver.faults.checkpoint() names (DUMPSAVER_KILL_AT=name[:n]); the
 saver runs in a forked child (``dumpsaver save`` through cli.main, exactly as the
 command line does, without paying for a new interpreter per run) or, for timed
 kills, as a real subprocess killed after a random delay.
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from dumpsaver import format as fmt
+from dumpsaver.errors import DumpsaverError
 
-from .harness import Machine, read_elf_pages
+from .harness import Sim, read_elf_pages
 
 #: Every checkpoint of a successful save, in the order they are passed.
 PHASES = (
@@ -33,7 +34,7 @@ PHASES = (
 )
 
 
-def save_argv(m: Machine, dest: Path, state: Path, config: Path, *,
+def save_argv(m: Sim, dest: Path, state: Path, config: Path, *,
               locate: str = "sysfs") -> list[str]:  # fmt: skip
     """``locate="memmap"``: find the dump through memmap= and /proc/iomem files written
     next to the machine instead of sysfs (no release attribute: the header is the
@@ -58,8 +59,7 @@ def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60,
                pre: Callable[[], None] | None = None) -> int:  # fmt: skip
     """cli.main(argv) in a forked child; the exit status, or -signal if it was killed.
     ``pre`` runs in the child first (e.g. to arm a kill inside a library call)."""
-    from dumpsaver import cli
-    from dumpsaver import save as save_mod
+    from dumpsaver import cli, faults
 
     _preload()
     pid = os.fork()
@@ -73,7 +73,7 @@ def run_forked(argv: list[str], kill_at: str | None = None, timeout: float = 60,
                 os.environ["DUMPSAVER_KILL_AT"] = kill_at
             else:
                 os.environ.pop("DUMPSAVER_KILL_AT", None)
-            save_mod._hits.clear()
+            faults.hits.clear()
             if pre is not None:
                 pre()
             rc = cli.main(argv)
@@ -137,7 +137,7 @@ class Tally:
         return d
 
 
-def header_magic(m: Machine) -> bytes:
+def header_magic(m: Sim) -> bytes:
     with open(m.mem, "rb") as f:
         f.seek(m.header_paddr)
         return f.read(8)
@@ -149,7 +149,7 @@ def visible_dumps(dest: Path) -> list[Path]:
     return sorted(p for p in dest.iterdir() if not p.name.startswith("."))
 
 
-def check_visible(m: Machine, dest: Path, truth: dict[int, bytes]) -> list[str]:
+def check_visible(m: Sim, dest: Path, truth: dict[int, bytes]) -> list[str]:
     """Every visible dump directory must be whole: info.json, dmesg.txt and a vmcore
     of the announced size whose pages are the ground truth."""
     bad = []
@@ -173,7 +173,7 @@ def check_visible(m: Machine, dest: Path, truth: dict[int, bytes]) -> list[str]:
                     break
             if info["complete"] and len(pages) != len(truth):
                 bad.append(f"{d.name}: complete but {len(pages)} of {len(truth)} pages")
-        except (OSError, ValueError, KeyError, AssertionError, TypeError) as e:
+        except (OSError, ValueError, KeyError, AssertionError, TypeError, DumpsaverError) as e:
             bad.append(f"{d.name}: {type(e).__name__}: {e}")
     return bad
 
@@ -187,7 +187,7 @@ def read_kdump_pages(path: Path) -> dict[int, bytes]:
 
 
 def one_point(
-    m: Machine, work: Path, kill_at: str | None, tally: Tally, truth: dict[int, bytes],
+    m: Sim, work: Path, kill_at: str | None, tally: Tally, truth: dict[int, bytes],
     *, then_kill_at: str | None = None, delay: float | None = None, fmt_name: str = "elf",
     locate: str = "sysfs",
 ) -> None:
@@ -267,7 +267,7 @@ def one_point(
         tally.problems.append(f"{label}: the sysfs release was never written")
 
 
-def points_for(m: Machine, *, every_page: bool = True, extra_n: Iterable[int] = (2,)) -> list[str]:
+def points_for(m: Sim, *, every_page: bool = True, extra_n: Iterable[int] = (2,)) -> list[str]:
     """The kill points of one save: every phase, every page of the writer's loop."""
     pts = [p for p in PHASES if p != "write-page"]
     pages = m.manifest["saved_pages"]
@@ -280,7 +280,7 @@ def points_for(m: Machine, *, every_page: bool = True, extra_n: Iterable[int] = 
 
 
 def campaign(
-    machines: list[Machine], work: Path, *, every_page: bool = True, pairs: int = 0,
+    machines: list[Sim], work: Path, *, every_page: bool = True, pairs: int = 0,
     timed: int = 0, seed: int = 0, fmt_name: str = "elf", tally: Tally | None = None,
     locate: str = "sysfs",
 ) -> Tally:
@@ -307,7 +307,7 @@ def campaign(
     return tally
 
 
-def _time_full_save(m: Machine, work: Path) -> float:
+def _time_full_save(m: Sim, work: Path) -> float:
     mm = m.copy(work / "machine")
     config = work / "config.yaml"
     config.write_text("minfree: 0\n")

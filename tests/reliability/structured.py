@@ -38,7 +38,8 @@ from dumpsaver.decode import Dump
 from dumpsaver.errors import DumpsaverError
 from dumpsaver.physmem import PhysMem
 
-from .harness import SHM, Machine, Recorder, layout_of
+from ..machine import Sim
+from .harness import SHM, Recorder, layout_of
 
 #: Bytes read from memory per case, at most this many times the dump area (+ one MiB
 #: window): pass one, pass two, and the window cache's re-reads.
@@ -76,7 +77,7 @@ class Mutation:
 
 
 class Mutator:
-    def __init__(self, m: Machine) -> None:
+    def __init__(self, m: Sim) -> None:
         self.lay = layout_of(m)
         self.h = self.lay.header
         self.entries = self.lay.entries
@@ -227,7 +228,7 @@ class Result:
 class Runner:
     """One machine in a tmpfs file; each case writes its mutation, runs, and undoes it."""
 
-    def __init__(self, m: Machine) -> None:
+    def __init__(self, m: Sim) -> None:
         self.m = m
         self.mut = Mutator(m)
         self.tmp = Path(tempfile.mkdtemp(prefix="dumpsaver-struct-",
@@ -309,7 +310,7 @@ class Runner:
                 r.problems.append(f"{mu.what} lost {len(lost)} other pages, e.g. {lost[:3]}")
 
 
-def campaign(m: Machine, cases: int, *, first_seed: int = 0,
+def campaign(m: Sim, cases: int, *, first_seed: int = 0,
              on_result: Callable[[Result], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``cases`` seeded structured cases; return the figures."""
     runner = Runner(m)

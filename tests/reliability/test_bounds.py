@@ -23,9 +23,10 @@ import pytest
 from dumpsaver import format as fmt
 from dumpsaver import simulate
 
+from ..machine import Sim
 from . import interrupt as I
 from .crafted import Crafted, iomem_args
-from .harness import Machine, load_machine, make_machine, report
+from .harness import load_machine, make_machine, report
 
 FIGURES: dict[str, Any] = {}
 
@@ -33,7 +34,7 @@ FIGURES: dict[str, Any] = {}
 GNU_TIME = "/usr/bin/time"
 
 
-def _run_save(m: Machine, tmp: Path, *extra: str) -> dict[str, Any]:
+def _run_save(m: Sim, tmp: Path, *extra: str) -> dict[str, Any]:
     """``dumpsaver save`` in a process of its own, under GNU time: a child forked from
     pytest itself would inherit pytest's peak RSS (Linux keeps it across exec)."""
     if not os.access(GNU_TIME, os.X_OK):
@@ -62,7 +63,7 @@ RSS_CEILING_KB = 100 << 10  # a save is ~25 MB here; the defects cost 530 MB and
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Machine:
+def base(tmp_path_factory: pytest.TempPathFactory) -> Sim:
     return make_machine(tmp_path_factory.mktemp("bounds") / "m", memory=8 << 20, seed=3,
                         profile="busy")  # fmt: skip
 
@@ -77,7 +78,7 @@ CASES = {
 @pytest.mark.parametrize("fmt_name", ["elf", "kdump"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_bounds_whatever_the_header_says(
-    base: Machine, tmp_path: Path, case: str, fmt_name: str
+    base: Sim, tmp_path: Path, case: str, fmt_name: str
 ) -> None:
     changes, evidence = CASES[case]
     m = base.copy(tmp_path / "m")

@@ -23,10 +23,10 @@ from dumpsaver.errors import FormatError
 from dumpsaver.physmem import PhysMem, Range
 
 from . import interrupt as I
-from .harness import Machine, Recorder, layout_of, report, run_corruption, spy_fd_io
+from .harness import Recorder, Sim, layout_of, report, run_corruption, spy_fd_io
 
 
-def rewrite_header(m: Machine, **changes: object) -> fmt.Header:
+def rewrite_header(m: Sim, **changes: object) -> fmt.Header:
     """A hostile but well-formed header: fields changed, CRC valid."""
     with PhysMem(str(m.mem), m.area) as mem:
         h = Dump(mem, m.header_paddr).header
@@ -37,7 +37,7 @@ def rewrite_header(m: Machine, **changes: object) -> fmt.Header:
     return new
 
 
-def rewrite_entry(m: Machine, index: int, **changes: int) -> None:
+def rewrite_entry(m: Sim, index: int, **changes: int) -> None:
     lay = layout_of(m)
     e = dataclasses.replace(lay.entries[index], **changes)
     pos = lay.phys(lay.header.dir_offset + index * fmt.ENTRY.size)
@@ -46,7 +46,7 @@ def rewrite_entry(m: Machine, index: int, **changes: int) -> None:
         f.write(e.encode())
 
 
-def save_cli(m: Machine, tmp: Path, *extra: str) -> tuple[int, list[tuple[str, int, int]]]:
+def save_cli(m: Sim, tmp: Path, *extra: str) -> tuple[int, list[tuple[str, int, int]]]:
     cfg = tmp / "config.yaml"
     cfg.write_text("minfree: 0\n")
     with spy_fd_io(m.mem, list(m.area)) as bad:
@@ -54,7 +54,7 @@ def save_cli(m: Machine, tmp: Path, *extra: str) -> tuple[int, list[tuple[str, i
     return rc, bad
 
 
-def test_normal_save_reads_only_the_area(machines: dict[str, Machine], tmp_path: Path) -> None:
+def test_normal_save_reads_only_the_area(machines: dict[str, Sim], tmp_path: Path) -> None:
     from dumpsaver import config as config_mod
     from dumpsaver import save as save_mod
 
@@ -77,7 +77,7 @@ def test_normal_save_reads_only_the_area(machines: dict[str, Machine], tmp_path:
     report("confinement-normal", figures)
 
 
-def test_cli_save_status_and_rerun_read_only_the_area(machine: Machine, tmp_path: Path) -> None:
+def test_cli_save_status_and_rerun_read_only_the_area(machine: Sim, tmp_path: Path) -> None:
     rc, bad = save_cli(machine, tmp_path)
     assert rc == 0 and bad == []
     with spy_fd_io(machine.mem, list(machine.area)) as bad:
@@ -88,10 +88,10 @@ def test_cli_save_status_and_rerun_read_only_the_area(machine: Machine, tmp_path
     assert rc == 0 and bad == []
 
 
-def test_corrupt_dumps_read_only_the_area(machines: dict[str, Machine], tmp_path: Path) -> None:
+def test_corrupt_dumps_read_only_the_area(machines: dict[str, Sim], tmp_path: Path) -> None:
     """2,000 corruption cases with the independent pread spy on top of the recorder."""
     m = machines["m2"]  # two extents: the gap between them must never be read
-    fig = run_corruption(m, tmp_path, 2000, first_seed=50000, time_bound=2.0, spy=True)
+    fig = run_corruption(m, tmp_path, 2000, first_seed=50000, spy=True)
     assert fig["outside_accesses"] == 0 and fig["escaped"] == 0
     assert fig["spied_outside"] == 0
     report("confinement-corrupt", {"cases": fig["cases"], "accesses": fig["accesses"],
@@ -101,7 +101,7 @@ def test_corrupt_dumps_read_only_the_area(machines: dict[str, Machine], tmp_path
 # -- hostile dumps: well-formed, valid checksums, pointing elsewhere ---------------------
 
 
-def test_extent_beyond_the_reserved_range(machine: Machine, tmp_path: Path) -> None:
+def test_extent_beyond_the_reserved_range(machine: Sim, tmp_path: Path) -> None:
     h = rewrite_header(machine)
     last = h.extents[-1]
     big = fmt.Extent(last.paddr, last.length + (1 << 30))
@@ -110,7 +110,7 @@ def test_extent_beyond_the_reserved_range(machine: Machine, tmp_path: Path) -> N
     assert rc == 6 and bad == []
 
 
-def test_extent_elsewhere_in_memory(machine: Machine, tmp_path: Path) -> None:
+def test_extent_elsewhere_in_memory(machine: Sim, tmp_path: Path) -> None:
     """A second extent pointing at kernel memory (page 0): refused, never read."""
     h = rewrite_header(machine)
     first = h.extents[0]
@@ -130,7 +130,7 @@ def test_extent_elsewhere_in_memory(machine: Machine, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("offset", [0, 1 << 20, (1 << 63) - 1, "meta"])
-def test_directory_entry_pointing_outside(machine: Machine, tmp_path: Path,
+def test_directory_entry_pointing_outside(machine: Sim, tmp_path: Path,
                                           offset: int | str) -> None:  # fmt: skip
     """An entry with a valid CRC pointing outside the data section (into the header,
     the meta data, past the area, at a huge offset): that page is reported damaged,
@@ -147,7 +147,7 @@ def test_directory_entry_pointing_outside(machine: Machine, tmp_path: Path,
     assert info["damage"] == {"page data lies outside the data section": 1}
 
 
-def test_sysfs_header_outside_the_ranges(machine: Machine, tmp_path: Path) -> None:
+def test_sysfs_header_outside_the_ranges(machine: Sim, tmp_path: Path) -> None:
     (machine.sysfs / "header").write_text("0x0\n")
     rc, bad = save_cli(machine, tmp_path)
     assert rc in (0, 6) and bad == []
@@ -155,7 +155,7 @@ def test_sysfs_header_outside_the_ranges(machine: Machine, tmp_path: Path) -> No
     assert I.header_magic(machine) == fmt.MAGIC
 
 
-def test_sysfs_ranges_shorter_than_the_dump(machine: Machine, tmp_path: Path) -> None:
+def test_sysfs_ranges_shorter_than_the_dump(machine: Sim, tmp_path: Path) -> None:
     """The kernel reserved less than the header claims: refused; the unreserved tail
     is never read."""
     a = machine.area[0]
@@ -167,7 +167,7 @@ def test_sysfs_ranges_shorter_than_the_dump(machine: Machine, tmp_path: Path) ->
     assert rc == 6 and bad == []
 
 
-def test_memmap_region_is_the_only_thing_read(machine: Machine, tmp_path: Path) -> None:
+def test_memmap_region_is_the_only_thing_read(machine: Sim, tmp_path: Path) -> None:
     """Found through memmap= and /proc/iomem instead of sysfs: the region given there
     is the limit."""
     a = machine.area[0]

@@ -21,7 +21,7 @@ from dumpsaver.errors import EXIT_CORRUPT, EXIT_INCOMPLETE, FormatError
 from dumpsaver.physmem import PhysMem
 
 from . import interrupt as I
-from .harness import Machine, Recorder, make_machine, read_elf_pages, report, run_corruption
+from .harness import Recorder, Sim, make_machine, read_elf_pages, report, run_corruption
 
 
 def _assert_clean(fig: dict[str, object]) -> None:
@@ -35,10 +35,9 @@ SPLIT = {"m1": (0, 4000), "m2": (4000, 3000), "m3": (7000, 3000)}
 
 
 @pytest.mark.parametrize("name", list(SPLIT))
-def test_seeded_corruption(machines: dict[str, Machine], tmp_path: Path, name: str) -> None:
+def test_seeded_corruption(machines: dict[str, Sim], tmp_path: Path, name: str) -> None:
     first, n = SPLIT[name]
-    fig = run_corruption(machines[name], tmp_path, n, first_seed=first, save_every=100,
-                         time_bound=2.0)  # fmt: skip
+    fig = run_corruption(machines[name], tmp_path, n, first_seed=first, save_every=100)
     report(f"corruption-{name}", fig)
     _assert_clean(fig)
     assert fig["cases"] == n
@@ -50,7 +49,7 @@ def test_seeded_corruption_other_codecs(tmp_path: Path, codec: Codec) -> None:
     if not available(codec):
         pytest.skip(f"{codec.label} module not installed")
     m = make_machine(tmp_path / "m", memory=512 << 10, seed=7, codec=codec)
-    fig = run_corruption(m, tmp_path, 500, first_seed=20000, save_every=50, time_bound=2.0)
+    fig = run_corruption(m, tmp_path, 500, first_seed=20000, save_every=50)
     report(f"corruption-{codec.label}", fig)
     _assert_clean(fig)
 
@@ -64,8 +63,7 @@ def test_long_corruption(tmp_path: Path) -> None:
         if not available(codec):
             continue
         m = make_machine(tmp_path / f"m{i}", memory=mem, seed=seed, codec=codec)
-        fig = run_corruption(m, tmp_path, 33334, first_seed=100000 * (i + 1), save_every=500,
-                             time_bound=5.0)  # fmt: skip
+        fig = run_corruption(m, tmp_path, 33334, first_seed=100000 * (i + 1), save_every=500)
         report(f"corruption-long-{i}", fig)
         _assert_clean(fig)
         for k in total:
@@ -76,7 +74,7 @@ def test_long_corruption(tmp_path: Path) -> None:
 # -- the header is trusted for nothing until it passes every check --------------------
 
 
-def _flip(m: Machine, logical: int, mask: int = 1) -> None:
+def _flip(m: Sim, logical: int, mask: int = 1) -> None:
     with open(m.mem, "r+b") as f:
         f.seek(m.header_paddr + logical)
         b = f.read(1)[0]
@@ -85,7 +83,7 @@ def _flip(m: Machine, logical: int, mask: int = 1) -> None:
 
 
 @pytest.mark.parametrize("where", [0, 9, 20, 36, 48, 88, 112, 144, 160, 200, 256, 260])
-def test_bad_header_is_not_trusted_for_anything(machine: Machine, where: int) -> None:
+def test_bad_header_is_not_trusted_for_anything(machine: Sim, where: int) -> None:
     """A header failing any check: FormatError, and nothing read beyond the header
     block (the extents, directory and pages it describes are never touched)."""
     _flip(machine, where, 0x10)
@@ -101,7 +99,7 @@ def test_bad_header_is_not_trusted_for_anything(machine: Machine, where: int) ->
         assert machine.header_paddr <= start and start + length <= machine.header_paddr + hb
 
 
-def test_bad_header_through_the_cli(machine: Machine, tmp_path: Path,
+def test_bad_header_through_the_cli(machine: Sim, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """exit 6, one error line, nothing written, the dump left in memory untouched."""
     from dumpsaver import cli
@@ -123,7 +121,7 @@ def test_bad_header_through_the_cli(machine: Machine, tmp_path: Path,
 
 
 def test_force_salvages_a_header_with_only_a_bad_checksum(
-    machine: Machine, tmp_path: Path
+    machine: Sim, tmp_path: Path
 ) -> None:
     """--force accepts a header whose only fault is its CRC; every other check still
     applies and every page is still verified by its own entry and page CRCs, so what
@@ -146,22 +144,22 @@ def test_force_salvages_a_header_with_only_a_bad_checksum(
     assert all(pages[p] == truth[p] for p in truth)
 
 
-def test_forced_nr_entries_flip_is_marked_incomplete(machine: Machine) -> None:
+def test_forced_nr_entries_flip_is_marked_incomplete(machine: Sim) -> None:
     """Regression (corruption case seed 2487): --force with a flipped entry count."""
     _flip(machine, 88, 0x01)
-    from dumpsaver import save as save_mod
+    from dumpsaver.catalogue import build_info
 
     with PhysMem(str(machine.mem), machine.candidate().ranges) as mem:
         d = Dump(mem, machine.header_paddr, force=True)
         assert not d.header_ok
         s = d.scan()
-        info = save_mod.build_info(d, s, cand=machine.candidate(), fmt_name="elf",
-                                   file_size=0, started=0.0, name="x")  # fmt: skip
+        info = build_info(d, s, cand=machine.candidate(), fmt_name="elf",
+                          file_size=0, started=0.0, name="x")  # fmt: skip
     assert s.good < machine.manifest["saved_pages"]
     assert not info["complete"]
 
 
-def test_force_does_not_accept_an_implausible_header(machine: Machine, tmp_path: Path) -> None:
+def test_force_does_not_accept_an_implausible_header(machine: Sim, tmp_path: Path) -> None:
     """--force forgives the checksum only: a bad magic, version, page size, codec or
     a layout outside the area is still refused."""
     _flip(machine, 20, 0x80)  # page size 4096 -> 4224
@@ -172,7 +170,7 @@ def test_force_does_not_accept_an_implausible_header(machine: Machine, tmp_path:
         Dump(mem, machine.header_paddr, force=True)
 
 
-def test_elf_incomplete_flag_for_meta_damage(machine: Machine, tmp_path: Path) -> None:
+def test_elf_incomplete_flag_for_meta_damage(machine: Sim, tmp_path: Path) -> None:
     """Regression: a dump whose meta data failed its checksum was marked incomplete in
     info.json but not in the ELF header."""
     from .harness import layout_of, read_elf_incomplete
@@ -187,7 +185,7 @@ def test_elf_incomplete_flag_for_meta_damage(machine: Machine, tmp_path: Path) -
     assert read_elf_incomplete(d / "vmcore")
 
 
-def test_elf_incomplete_flag_for_damage_in_pass_two(machine: Machine, tmp_path: Path) -> None:
+def test_elf_incomplete_flag_for_damage_in_pass_two(machine: Sim, tmp_path: Path) -> None:
     """Regression: a page that changes between pass one and pass two is written as
     zeros and counted; the ELF header (written before pass two) must say INCOMPLETE."""
     import os

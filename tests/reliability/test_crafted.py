@@ -27,14 +27,15 @@ from dumpsaver.physmem import PhysMem, Range
 from dumpsaver.writers import elf as elf_writer
 from dumpsaver.writers.kdump import dumped_bitmap
 
+from ..machine import Sim
 from . import interrupt as I
 from .crafted import Crafted, iomem_args
-from .harness import Machine, Recorder, make_machine, read_elf_pages, report
+from .harness import Recorder, make_machine, read_elf_pages, report
 
 PS = 4096
 
 
-def _save(m: Machine, tmp: Path, *extra: str) -> tuple[int, dict[str, object] | None]:
+def _save(m: Sim, tmp: Path, *extra: str) -> tuple[int, dict[str, object] | None]:
     cfg = tmp / "c.yaml"
     cfg.write_text("minfree: 0\n")
     dest = tmp / "dest"
@@ -47,7 +48,7 @@ def _save(m: Machine, tmp: Path, *extra: str) -> tuple[int, dict[str, object] | 
     return rc, json.loads((d / "info.json").read_text())
 
 
-def _pages(m: Machine) -> tuple[int, dict[int, bytes]]:
+def _pages(m: Sim) -> tuple[int, dict[int, bytes]]:
     with PhysMem(str(m.mem), m.area) as mem:
         d = Dump(mem, m.header_paddr)
         s = d.scan()
@@ -118,7 +119,7 @@ def test_every_codec_is_bounded_by_one_page(codec: Codec) -> None:
 # -- 2. overlapping extents -------------------------------------------------------------
 
 
-def test_overlapping_extents_are_refused_at_once(machine: Machine, tmp_path: Path) -> None:
+def test_overlapping_extents_are_refused_at_once(machine: Sim, tmp_path: Path) -> None:
     c = Crafted(machine)
     a = c.header.extents[0]
     n = max(2, (c.header.meta_offset - fmt.FIXED_SIZE - 4) // fmt.EXTENT.size)
@@ -143,7 +144,7 @@ def _phdrs(path: Path) -> list[tuple[int, ...]]:
     return [struct.unpack_from("<IIQQQQQQ", data, phoff + 56 * k) for k in range(phnum)]
 
 
-def test_elf_high_pfn_gets_p_vaddr_zero_not_a_crash(machine: Machine, tmp_path: Path) -> None:
+def test_elf_high_pfn_gets_p_vaddr_zero_not_a_crash(machine: Sim, tmp_path: Path) -> None:
     c = Crafted(machine)
     high = 0x778000000 + 5  # the direct map's p_vaddr no longer fits 64 bits here
     c.set_header(mem_pages=1 << 40)
@@ -172,7 +173,7 @@ def test_elf_high_pfn_gets_p_vaddr_zero_not_a_crash(machine: Machine, tmp_path: 
     ],
 )
 def test_elf_p_vaddr_follows_vmcoreinfo(
-    machine: Machine, tmp_path: Path, lines: str, want: int | None
+    machine: Sim, tmp_path: Path, lines: str, want: int | None
 ) -> None:
     c = Crafted(machine)
     with PhysMem(str(machine.mem), machine.area) as mem:
@@ -190,7 +191,7 @@ def test_elf_p_vaddr_follows_vmcoreinfo(
 
 
 def test_elf_p_vaddr_from_the_page_offset_base_variable(
-    machine: Machine, tmp_path: Path
+    machine: Sim, tmp_path: Path
 ) -> None:
     """SYMBOL(page_offset_base): the variable is read from the dump, as makedumpfile does."""
     c = Crafted(machine)
@@ -221,7 +222,7 @@ def test_elf_p_vaddr_from_the_page_offset_base_variable(
 
 
 def test_kdump_file_is_bounded_by_the_machine_not_mem_pages(
-    machine: Machine, tmp_path: Path
+    machine: Sim, tmp_path: Path
 ) -> None:
     c = Crafted(machine)
     c.set_header(mem_pages=1 << 32)  # 4 Gi pages: a 512 MiB bitmap each, before
@@ -287,7 +288,7 @@ def test_bidi_marks_do_not_pass(ch: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["beyond-memory", "far-ahead", "behind"])
-def test_one_bad_pfn_is_one_damaged_page(machine: Machine, where: str) -> None:
+def test_one_bad_pfn_is_one_damaged_page(machine: Sim, where: str) -> None:
     c = Crafted(machine)
     i = len(c.entries) // 3
     pfn = {"beyond-memory": c.header.mem_pages + 5,
@@ -307,7 +308,7 @@ def test_one_bad_pfn_is_one_damaged_page(machine: Machine, where: str) -> None:
 
 
 def test_kdump_save_does_not_call_an_undecodable_page_complete(
-    machine: Machine, tmp_path: Path
+    machine: Sim, tmp_path: Path
 ) -> None:
     c = Crafted(machine)
     i = c.stored_slot(64)
@@ -386,9 +387,9 @@ def test_fast_path_and_full_path_read_the_same_config(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["status", "save"])
 def test_sysfs_range_beyond_2_63_is_a_clean_error(
-    machine: Machine, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+    machine: Sim, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (machine.sysfs / "ranges").write_text("8000000000000000-8000000000ffffff\n")
+    (machine.sys / "ranges").write_text("8000000000000000-8000000000ffffff\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("minfree: 0\n")
     argv = I.save_argv(machine, tmp_path / "dest", tmp_path / "st", cfg)

@@ -29,7 +29,7 @@ from dumpsaver import format as fmt
 from dumpsaver.errors import EXIT_FAILURE, EXIT_NO_SPACE
 
 from . import interrupt as I
-from .harness import Machine, make_machine
+from .harness import Sim, make_machine
 
 
 def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -91,7 +91,7 @@ def loop_ext4(image: Path, mnt: Path, size: str = "32M") -> Iterator[str]:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
-def run_save(m: Machine, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[str],
+def run_save(m: Sim, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[str],
              *extra: str) -> tuple[int, str]:  # fmt: skip
     cfg = tmp / "config.yaml"
     if not cfg.exists():
@@ -101,7 +101,7 @@ def run_save(m: Machine, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[st
     return rc, capsys.readouterr().err
 
 
-def assert_failed_cleanly(m: Machine, dest: Path, rc: int, err: str, code: int,
+def assert_failed_cleanly(m: Sim, dest: Path, rc: int, err: str, code: int,
                           *words: str) -> None:  # fmt: skip
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == code, err
@@ -117,7 +117,7 @@ def assert_failed_cleanly(m: Machine, dest: Path, rc: int, err: str, code: int,
         assert not [p for p in dest.iterdir() if p.name.startswith(".tmp-")]
 
 
-def assert_saved(m: Machine, dest: Path, rc: int, err: str) -> None:
+def assert_saved(m: Sim, dest: Path, rc: int, err: str) -> None:
     assert rc == 0, err
     (d,) = I.visible_dumps(dest)
     assert I.check_visible(m, dest, m.truth_pages()) == []
@@ -126,13 +126,13 @@ def assert_saved(m: Machine, dest: Path, rc: int, err: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Machine:
+def big(tmp_path_factory: pytest.TempPathFactory) -> Sim:
     """An 8M busy machine: a 1 MiB vmcore."""
     return make_machine(tmp_path_factory.mktemp("big") / "m", memory=8 << 20, profile="busy",
                         seed=2)  # fmt: skip
 
 
-def test_no_space_before_writing(machine: Machine, tmp_path: Path,
+def test_no_space_before_writing(machine: Sim, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     with tmpfs(tmp_path / "var", "64k") as var:
         dest = var / "dumps"
@@ -143,7 +143,7 @@ def test_no_space_before_writing(machine: Machine, tmp_path: Path,
 
 
 def test_no_space_before_writing_counts_minfree(
-    machine: Machine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    machine: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with tmpfs(tmp_path / "var", "4m") as var:
         dest = var / "dumps"
@@ -154,7 +154,7 @@ def test_no_space_before_writing_counts_minfree(
         assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
 
 
-def test_no_space_half_way_thin_disk(big: Machine, tmp_path: Path,
+def test_no_space_half_way_thin_disk(big: Sim, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """ext4 says there is room, but the disk under it (a loop device over a file on a
     nearly full tmpfs: thin provisioning) runs out while the vmcore is written."""
@@ -170,7 +170,7 @@ def test_no_space_half_way_thin_disk(big: Machine, tmp_path: Path,
         assert_saved(m, dest, *run_save(m, dest, tmp_path, capsys))
 
 
-def test_no_space_half_way_other_writer(machine: Machine, tmp_path: Path,
+def test_no_space_half_way_other_writer(machine: Sim, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """Someone else fills the disk between the space check and the write (statvfs is
@@ -192,7 +192,7 @@ def test_no_space_half_way_other_writer(machine: Machine, tmp_path: Path,
         assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
 
 
-def test_read_only_dest(machine: Machine, tmp_path: Path,
+def test_read_only_dest(machine: Sim, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     with tmpfs(tmp_path / "var", "8m") as var:
         dest = var / "dumps"
@@ -204,7 +204,7 @@ def test_read_only_dest(machine: Machine, tmp_path: Path,
         assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
 
 
-def test_read_only_var_without_dest(machine: Machine, tmp_path: Path,
+def test_read_only_var_without_dest(machine: Sim, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     with tmpfs(tmp_path / "var", "8m") as var:
         sh("mount", "-o", "remount,ro", str(var))
@@ -215,14 +215,14 @@ def test_read_only_var_without_dest(machine: Machine, tmp_path: Path,
         assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
 
 
-def test_missing_dest_is_created_0700(machine: Machine, tmp_path: Path,
+def test_missing_dest_is_created_0700(machine: Sim, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     dest = tmp_path / "var" / "dumps"
     assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
     assert (dest.stat().st_mode & 0o777) == 0o700
 
 
-def test_wrong_owned_dest(machine: Machine, tmp_path: Path,
+def test_wrong_owned_dest(machine: Sim, tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     dest = tmp_path / "dumps"
     dest.mkdir(mode=0o700)
@@ -233,7 +233,7 @@ def test_wrong_owned_dest(machine: Machine, tmp_path: Path,
     assert_saved(machine, dest, *run_save(machine, dest, tmp_path, capsys))
 
 
-def test_io_error_loop_shrunk(big: Machine, tmp_path: Path,
+def test_io_error_loop_shrunk(big: Sim, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """Real EIO from the block layer: the loop device under a mounted ext4 is cut to
     2 MiB, so writing the vmcore's blocks fails ("attempt to access beyond end of
@@ -256,7 +256,7 @@ def test_io_error_loop_shrunk(big: Machine, tmp_path: Path,
 # -- injected errors: every write and fsync of a save, one at a time --------------------
 
 
-def _count_calls(machine: Machine, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def _count_calls(machine: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                  monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:  # fmt: skip
     counts = {"fsync": 0, "pwrite": 0, "write": 0}
     m = machine.copy(tmp_path / "count")
@@ -275,7 +275,7 @@ def _count_calls(machine: Machine, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize("call", ["fsync", "pwrite", "write"])
-def test_injected_eio_at_every_call(machine: Machine, tmp_path: Path, call: str,
+def test_injected_eio_at_every_call(machine: Sim, tmp_path: Path, call: str,
                                     capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """EIO from the n-th os.<call> of a save, for every n: the same clean failure each
@@ -317,7 +317,7 @@ def test_injected_eio_at_every_call(machine: Machine, tmp_path: Path, call: str,
 
 
 def test_retention_failure_is_only_a_warning(
-    machines: dict[str, Machine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    machines: dict[str, Sim], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Regression: an error deleting an old dump (keep_dumps) escaped as an internal

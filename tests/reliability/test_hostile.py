@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from dumpsaver import cli, journal, simulate
+from dumpsaver import catalogue, cli, journal, simulate
 from dumpsaver import format as fmt
 from dumpsaver import save as save_mod
 from dumpsaver.decode import Dump
 from dumpsaver.physmem import PhysMem
 
 from . import interrupt as I
-from .harness import Machine, load_machine, report
+from .harness import Sim, load_machine, report
 
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m\x9b1m"
 BIDI = "\u202eevil\u2066\u2028"
@@ -60,7 +60,7 @@ def strings(v: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sim:
     real = simulate.panic_meta
 
     def meta(*a: Any, **kw: Any) -> fmt.MetaInfo:
@@ -94,7 +94,7 @@ def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str,
 
 
 def test_hostile_strings_are_sanitised_everywhere(
-    hostile: Machine, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    hostile: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     journal_fields: list[dict[str, Any]],
 ) -> None:
     dest = tmp_path / "dest"
@@ -146,9 +146,9 @@ def test_hostile_strings_are_sanitised_everywhere(
 # -- planted links ------------------------------------------------------------------------
 
 
-def _name(m: Machine) -> str:
+def _name(m: Sim) -> str:
     with PhysMem(str(m.mem), m.area) as mem:
-        return save_mod.dump_name(Dump(mem, m.header_paddr).header)
+        return catalogue.dump_name(Dump(mem, m.header_paddr).header)
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def _victim_unchanged(victim: Path) -> None:
     assert (victim / "secret").read_text() == "do not touch\n"
 
 
-def _save(m: Machine, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _save(m: Sim, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     cfg = tmp / "c.yaml"
     cfg.write_text("minfree: 0\n")
     rc, _out, err = _run(capsys, I.save_argv(m, dest, tmp / "st", cfg))
@@ -172,7 +172,7 @@ def _save(m: Machine, dest: Path, tmp: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_planted_tmp_symlink(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Regression: a symlink named like our temporary directory made the stale-entry
@@ -188,7 +188,7 @@ def test_planted_tmp_symlink(
 
 
 def test_planted_links_inside_a_stale_tmp_dir(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "dest"
@@ -204,7 +204,7 @@ def test_planted_links_inside_a_stale_tmp_dir(
 
 
 def test_planted_symlink_with_the_final_name(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "dest"
@@ -219,7 +219,7 @@ def test_planted_symlink_with_the_final_name(
 
 
 def test_planted_lock_symlink(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "dest"
@@ -234,7 +234,7 @@ def test_planted_lock_symlink(
 
 
 def test_planted_lock_hard_link(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "dest"
@@ -246,7 +246,7 @@ def test_planted_lock_hard_link(
 
 
 def test_dest_is_a_symlink(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     os.symlink(victim, tmp_path / "dest")
@@ -256,7 +256,7 @@ def test_dest_is_a_symlink(
 
 
 def test_planted_state_tmp_symlink(
-    machine: Machine, tmp_path: Path, victim: Path,
+    machine: Sim, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Regression: recording a failed attempt wrote through a symlink planted as
@@ -274,7 +274,7 @@ def test_planted_state_tmp_symlink(
 
 
 def test_hostile_stale_name_is_logged_escaped(
-    machine: Machine, tmp_path: Path,
+    machine: Sim, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "dest"
@@ -285,7 +285,7 @@ def test_hostile_stale_name_is_logged_escaped(
 
 
 def test_planted_info_json_is_shown_escaped(
-    machine: Machine, tmp_path: Path,
+    machine: Sim, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A directory with a hostile info.json (keys and values) planted in the dump dir."""

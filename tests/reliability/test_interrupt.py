@@ -14,7 +14,7 @@ import pytest
 from dumpsaver import format as fmt
 
 from . import interrupt as I
-from .harness import Machine, report
+from .harness import Sim, report
 
 
 def _assert_clean(t: I.Tally) -> None:
@@ -24,7 +24,7 @@ def _assert_clean(t: I.Tally) -> None:
         assert getattr(t, k) == 0, k
 
 
-def test_every_point_of_every_phase(machines: dict[str, Machine], shm_path: Path) -> None:
+def test_every_point_of_every_phase(machines: dict[str, Sim], shm_path: Path) -> None:
     """>= 200 kill points: every checkpoint and every page of the writer's loop, on three
     machines (one extent; two extents truncated at panic; a larger one), plus pairs
     (the rerun is killed too)."""
@@ -35,7 +35,7 @@ def test_every_point_of_every_phase(machines: dict[str, Machine], shm_path: Path
     assert set(t.by_phase) == set(I.PHASES)
 
 
-def test_kdump_format_every_phase(machines: dict[str, Machine], shm_path: Path) -> None:
+def test_kdump_format_every_phase(machines: dict[str, Sim], shm_path: Path) -> None:
     """The same with format: kdump (the kdump-compressed writer's loop has the
     write-page point too); the files are read back by tests/test_kdump.py's reader."""
     t = I.campaign([machines["m1"]], shm_path, every_page=False, fmt_name="kdump")
@@ -44,7 +44,7 @@ def test_kdump_format_every_phase(machines: dict[str, Machine], shm_path: Path) 
     assert set(t.by_phase) == set(I.PHASES)
 
 
-def test_memmap_located_every_phase(machines: dict[str, Machine], shm_path: Path) -> None:
+def test_memmap_located_every_phase(machines: dict[str, Sim], shm_path: Path) -> None:
     """Found through memmap= and /proc/iomem (no sysfs, no release attribute: releasing
     is invalidating the header): every phase, a few writer points."""
     t = I.campaign([machines["m1"]], shm_path, every_page=False, locate="memmap")
@@ -53,7 +53,7 @@ def test_memmap_located_every_phase(machines: dict[str, Machine], shm_path: Path
     assert set(t.by_phase) == set(I.PHASES)
 
 
-def test_interrupted_release_is_finished_by_the_next_run(machine: Machine, tmp_path: Path) -> None:
+def test_interrupted_release_is_finished_by_the_next_run(machine: Sim, tmp_path: Path) -> None:
     """Power fails between invalidating the header and the sysfs release: the next run
     must see "already saved", not save a second copy, and still hand the memory back.
     (Regression: the release used to be skipped forever.)"""
@@ -65,7 +65,7 @@ def test_interrupted_release_is_finished_by_the_next_run(machine: Machine, tmp_p
     assert len(I.visible_dumps(tmp_path / "dest")) == 1
 
 
-def test_interrupted_between_rename_and_release(machine: Machine, tmp_path: Path) -> None:
+def test_interrupted_between_rename_and_release(machine: Sim, tmp_path: Path) -> None:
     """Killed after the rename, before anything was released: the rerun recognises the
     saved copy by its dump id and only releases."""
     dest = tmp_path / "dest"
@@ -82,7 +82,7 @@ def test_interrupted_between_rename_and_release(machine: Machine, tmp_path: Path
     assert I.header_magic(machine) == fmt.SAVED_MAGIC
 
 
-def test_interrupted_state_update(machine: Machine, tmp_path: Path) -> None:
+def test_interrupted_state_update(machine: Sim, tmp_path: Path) -> None:
     """Killed while recording a failed attempt (dest unusable): the state file is
     either the old or the new one, and the next run, once the cause is gone, saves."""
     dest = tmp_path / "dest"
@@ -102,7 +102,7 @@ def test_interrupted_state_update(machine: Machine, tmp_path: Path) -> None:
 
 
 def test_interrupted_retention_leaves_no_half_deleted_dump(
-    machines: dict[str, Machine], shm_path: Path
+    machines: dict[str, Sim], shm_path: Path
 ) -> None:
     """Killed half way through deleting an old dump (keep_dumps): the old dump must not
     stay visible with some of its files gone.  (Regression: the victim was deleted in
@@ -147,7 +147,7 @@ def test_interrupted_retention_leaves_no_half_deleted_dump(
 
 
 @pytest.mark.long
-def test_long_pairs_and_timed_kills(machines: dict[str, Machine], shm_path: Path) -> None:
+def test_long_pairs_and_timed_kills(machines: dict[str, Sim], shm_path: Path) -> None:
     """Random pairs of kill points and kills after a random delay (real processes)."""
     t = I.campaign([machines["m3"]], shm_path, every_page=False, pairs=100, timed=100)
     report("interrupt-long", t.as_dict())

@@ -17,7 +17,7 @@ import pytest
 from dumpsaver import cli
 
 from . import interrupt as I
-from .harness import Machine
+from .harness import Sim
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def _mode(p: Path) -> int:
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
-def test_dumps_are_root_only_whatever_the_umask(machine: Machine, tmp_path: Path,
+def test_dumps_are_root_only_whatever_the_umask(machine: Sim, tmp_path: Path,
                                                 umask: int) -> None:  # fmt: skip
     dest = tmp_path / "var" / "dumps"
     st = tmp_path / "state"
@@ -51,7 +51,7 @@ def test_dumps_are_root_only_whatever_the_umask(machine: Machine, tmp_path: Path
         assert os.lstat(f).st_uid == os.geteuid()
 
 
-def test_loose_dump_dir_is_tightened(machine: Machine, tmp_path: Path) -> None:
+def test_loose_dump_dir_is_tightened(machine: Sim, tmp_path: Path) -> None:
     dest = tmp_path / "dumps"
     dest.mkdir()
     os.chmod(dest, 0o755)

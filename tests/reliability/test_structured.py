@@ -14,11 +14,12 @@ import pytest
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec, available
 
+from ..machine import Sim
 from . import structured
-from .harness import Machine, make_machine, report
+from .harness import make_machine, report
 
 
-def _campaign(m: Machine, name: str, cases: int) -> None:
+def _campaign(m: Sim, name: str, cases: int) -> None:
     fig = structured.campaign(m, cases)
     report(f"structured-{name}", fig)
     assert fig["escaped"] == 0, fig["examples"]
@@ -26,11 +27,11 @@ def _campaign(m: Machine, name: str, cases: int) -> None:
     assert fig["cases"] == cases and fig["opened"] > 0 and fig["refused"] > 0
 
 
-def test_structured_fuzz_zlib(machines: dict[str, Machine]) -> None:
+def test_structured_fuzz_zlib(machines: dict[str, Sim]) -> None:
     _campaign(machines["m1"], "zlib", 1500)
 
 
-def test_structured_fuzz_two_extents(machines: dict[str, Machine]) -> None:
+def test_structured_fuzz_two_extents(machines: dict[str, Sim]) -> None:
     _campaign(machines["m2"], "two-extents", 500)
 
 
@@ -63,7 +64,7 @@ VALUES = {
 
 
 @pytest.mark.parametrize("name", list(VALUES))
-def test_no_single_bad_entry_loses_other_pages(machines: dict[str, Machine], name: str) -> None:
+def test_no_single_bad_entry_loses_other_pages(machines: dict[str, Sim], name: str) -> None:
     """Every field of one entry, set to each hostile value with a valid entry CRC, at
     the start, middle and end of the directory: that page at most is lost."""
     runner = structured.Runner(machines["m1"])

@@ -1,0 +1,231 @@
+"""The boot job: what ``dumpsaver save`` decides, apart from how it is asked and shown.
+
+    candidates -> the first area holding a dump (an area already saved by an
+    interrupted run only has its release finished) -> the attempt gate
+    (max_attempts) -> save (dumpsaver.save) -> count a failed attempt, or clear
+    the count -> the restart decision
+
+``run`` returns an Outcome (exit code, status, the restart to request); the CLI
+prints it and ``restart_now`` carries out the restart.  Failed attempts count every
+error of the save, expected or not, except a busy lock: another saver is at work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dumpsaver import journal, selftest, state
+from dumpsaver.catalogue import identity
+from dumpsaver.config import Config
+from dumpsaver.decode import Dump
+from dumpsaver.errors import (
+    AlreadySavedError,
+    BusyError,
+    DumpsaverError,
+    Exit,
+    FormatError,
+    NoDumpError,
+)
+from dumpsaver.locate import Candidate, candidates
+from dumpsaver.physmem import PhysMem
+from dumpsaver.release import release_sysfs
+from dumpsaver.restart import RestartAction, request_restart
+from dumpsaver.sanitize import clean_text
+from dumpsaver.save import SaveStatus, area_locked, open_dump, save, stream_save
+from dumpsaver.sizes import human
+from dumpsaver.writers import Progress
+
+log = logging.getLogger("dumpsaver")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where to look and where to write: the configuration's paths, overridden per run."""
+
+    mem: str
+    sysfs: Path
+    cmdline: Path | None
+    iomem: Path
+    dest: Path
+    state_dir: Path
+
+    def candidates(self, cfg: Config) -> list[Candidate]:
+        return candidates(sysfs=self.sysfs, cmdline=self.cmdline, iomem=self.iomem,
+                          use_memmap=cfg.use_memmap, regions=cfg.regions)
+
+
+@dataclass
+class Options:
+    """``dumpsaver save``'s switches."""
+
+    fmt_name: str | None = None
+    keep: bool = False
+    force: bool = False
+    check: bool = False
+    no_restart: bool = False
+    wait: float = 0.0
+    stdout_fd: int | None = None  # stream the flattened form here instead of saving
+    release_stream: bool = False  # with stdout_fd: release once the last byte is out
+
+
+@dataclass
+class Outcome:
+    exit: Exit
+    status: SaveStatus | None = None  # None: no dump waiting
+    dump_id: str = ""
+    source: str = ""
+    dump_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)  # about the areas that held no dump
+    restart: RestartAction | None = None  # to request now (None: none)
+    selftest: bool = False  # the dump was the one `dumpsaver test` wrote
+    streamed_pages: int = 0  # stdout_fd: what went out
+    streamed_bytes: int = 0
+
+
+def find_dump(
+    cfg: Config, where: Where, *, force: bool = False, finish_release: bool = False
+) -> tuple[Candidate | None, PhysMem | None, Dump | None, list[str]]:
+    """The first candidate holding a dump: (candidate, mem, dump, notes on the others).
+
+    ``finish_release``: an area whose header says "already saved" still has its sysfs
+    release done (a save interrupted between invalidating the header and the release
+    would otherwise keep the memory reserved for the whole boot)."""
+    notes = []
+    problem: FormatError | None = None
+    for cand in where.candidates(cfg):
+        try:
+            mem, dump = open_dump(cand, where.mem, force=force)
+        except AlreadySavedError as e:
+            notes.append(f"{cand.source}: {e.message}")
+            if finish_release and cand.release:
+                try:
+                    with area_locked(cand, where.mem, 0.0):
+                        release_sysfs(cand)
+                    notes.append(f"{cand.source}: finished its release")
+                except DumpsaverError as r:
+                    notes.append(r.message)
+            continue
+        except NoDumpError as e:
+            notes.append(f"{cand.source}: {e.message}")
+            continue
+        except FormatError as e:
+            problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
+            continue
+        return cand, mem, dump, notes
+    if problem is not None:
+        raise problem
+    return None, None, None, notes
+
+
+def _event(kind: str, message: str, **fields: str | int) -> None:
+    journal.log_event(kind, message, **fields)
+
+
+def run(cfg: Config, where: Where, opts: Options, *,
+        progress: Progress | None = None) -> Outcome:  # fmt: skip
+    """The boot job (``dumpsaver save``).  Raises DumpsaverError for what the CLI shows
+    as an error; any failure of the save itself has been counted first."""
+    cand, mem, dump, notes = find_dump(cfg, where, force=opts.force,
+                                       finish_release=not (opts.check or opts.keep))
+    if cand is None or mem is None or dump is None:
+        return Outcome(Exit.NO_DUMP if opts.check else Exit.OK, notes=notes)
+    with mem:
+        h = dump.header
+        did = str(h.dump_id)
+        out = Outcome(Exit.OK, dump_id=did, source=cand.source, notes=notes)
+        if opts.check:
+            return out
+        ident = identity(h)
+        _event("dump-found", f"found dump {did} via {cand.method} "
+                             f"({human(h.dir_offset + h.dir_bytes)} in memory): "
+                             f"{clean_text(dump.meta.panic, 200)}", DUMP_ID=did)
+        tries = state.attempts_for(where.state_dir, did, ident)
+        if tries >= cfg.max_attempts and not opts.force:
+            _event("failed", f"gave up on dump {did} after {tries} failed attempts; the dump "
+                             "stays in memory", DUMP_ID=did, ATTEMPT=tries,
+                   REASON="gave up after max_attempts")
+            journal.notify_status(f"Gave up on dump {did} after {tries} failed attempts")
+            raise DumpsaverError(
+                f"gave up after {tries} failed attempts to save dump {did}",
+                hint="fix the cause (see dumpsaver status), then run dumpsaver save --force",
+                exit_code=Exit.GAVE_UP,
+            )
+        if opts.stdout_fd is not None:  # by hand, not the boot job: no attempt counted
+            try:
+                return _stream(cand, dump, where, opts, out, progress)
+            except AlreadySavedError as e:
+                return _saved_by_another(out, e)
+        try:
+            journal.notify_status(f"Saving dump {did}")
+            res = save(cfg, cand, dump, mem_path=where.mem, dest=where.dest,
+                       fmt_name=opts.fmt_name, keep=opts.keep, wait=opts.wait,
+                       progress=progress,
+                       on_event=lambda kind, msg, **f: _event(kind, msg, DUMP_ID=did, **f))
+        except BusyError:
+            raise  # another saver is at work: not a failed attempt
+        except AlreadySavedError as e:  # by another saver while we waited: its job now
+            return _saved_by_another(out, e)
+        except DumpsaverError as e:
+            e.message += _count_failure(cfg, where, did, ident, e.message)
+            raise
+        except Exception as e:  # a bug or MemoryError: still an attempt, or boots loop
+            _count_failure(cfg, where, did, ident,
+                           f"internal error: {type(e).__name__}: {clean_text(str(e), 300)}")
+            raise
+    state.clear(where.state_dir)
+    out.status, out.dump_dir = res.status, res.dump_dir
+    journal.notify_status(f"{res.status.capitalize()} dump {did} in {res.dump_dir}")
+    if res.status == SaveStatus.INCOMPLETE:
+        out.exit = Exit.INCOMPLETE
+    if selftest.is_selftest(where.state_dir, did):
+        out.selftest = True
+    elif not opts.no_restart and not opts.keep and cfg.restart != RestartAction.CONTINUE:
+        out.restart = RestartAction(cfg.restart)
+    return out
+
+
+def _saved_by_another(out: Outcome, e: AlreadySavedError) -> Outcome:
+    """Another saver saved and released this dump while we waited for the lock: nothing
+    left to do here (the restart, if any, is the other saver's)."""
+    out.notes.append(e.message)
+    out.status = SaveStatus.ALREADY_SAVED
+    return out
+
+
+def _count_failure(cfg: Config, where: Where, did: str, ident: str, reason: str) -> str:
+    """Record a failed attempt; return `` (attempt N of M)``."""
+    tries = state.record_failure(where.state_dir, did, reason, ident)
+    said = f" (attempt {tries} of {cfg.max_attempts})"
+    if journal.running_under_systemd():  # on a terminal the error line says it all
+        _event("failed", f"could not save dump {did}: {reason}{said}", DUMP_ID=did,
+               REASON=reason + said, ATTEMPT=tries)
+    journal.notify_status(f"Failed to save dump {did}: {reason}{said}")
+    return said
+
+
+def _stream(cand: Candidate, dump: Dump, where: Where, opts: Options, out: Outcome,
+            progress: Progress | None) -> Outcome:  # fmt: skip
+    """``save --stdout``: the flattened kdump-compressed stream; the dump stays in memory
+    unless --release (nothing durable is known on this side)."""
+    assert opts.stdout_fd is not None
+    written, scan = stream_save(cand, dump, opts.stdout_fd, mem_path=where.mem,
+                                release_after=opts.release_stream, wait=opts.wait,
+                                progress=progress)
+    incomplete = dump.header.truncated or scan.nr_damaged or not dump.meta_ok
+    out.status = SaveStatus.INCOMPLETE if incomplete else SaveStatus.SAVED
+    out.exit = Exit.INCOMPLETE if incomplete else Exit.OK
+    out.streamed_pages, out.streamed_bytes = written.pages, written.size
+    return out
+
+
+def restart_now(action: RestartAction, dump_id: str = "") -> None:
+    """Log, flush and sync everything, then ask PID 1 for ``action`` (it stops us)."""
+    _event("restart-requested", f"requesting a clean {action} from systemd", ACTION=action,
+           **({"DUMP_ID": dump_id} if dump_id else {}))
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.sync()
+    request_restart(action)

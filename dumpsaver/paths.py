@@ -1,0 +1,27 @@
+"""Every system path the program touches by default, in one table.
+
+Each is a default only: the configuration or a command-line option overrides it,
+and the tests pass their own (a temp directory, a plain file for /dev/mem).  This
+module imports nothing, so the no-dump fast path (dumpsaver.cli) can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The configuration file; ``$DUMPSAVER_CONFIG`` (or ``--config``) names another.
+CONFIG: Final = "/etc/dumpsaver/dumpsaver.yaml"
+CONFIG_ENV: Final = "DUMPSAVER_CONFIG"
+#: The kernel's mcore interface (docs/sysfs-abi.md) and its header attribute.
+SYSFS: Final = "/sys/kernel/mcore"
+SYSFS_HEADER: Final = SYSFS + "/header"
+#: The kernel command line (memmap= reservations) and the resource map they are checked on.
+CMDLINE: Final = "/proc/cmdline"
+IOMEM: Final = "/proc/iomem"
+#: The physical memory device.
+MEM: Final = "/dev/mem"
+#: Where saved dumps go, and the state (failed attempts, the self-test record).
+DUMP_DIR: Final = "/var/dumps"
+STATE_DIR: Final = "/var/lib/dumpsaver"
+#: PID 1's private D-Bus socket (exists before the system bus does).
+PID1_PRIVATE: Final = "/run/systemd/private"

@@ -1,0 +1,186 @@
+"""The status model: what ``dumpsaver status`` and ``list`` show, gathered from the
+dump areas, the saved dumps, the disk, the memory, the state and systemd.
+
+Read-only but for one thing: the self-test's first verdict replaces its record
+(dumpsaver.selftest).  Every string that came from a dump is escaped here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dumpsaver import restart, selftest, state
+from dumpsaver.boot import Where
+from dumpsaver.catalogue import saved_dumps
+from dumpsaver.config import Config
+from dumpsaver.errors import DumpsaverError
+from dumpsaver.sanitize import clean_text
+from dumpsaver.save import open_dump
+
+
+@dataclass
+class SavedDump:
+    """One saved dump as status and list show it (every string escaped)."""
+
+    id: str
+    crash_time: Any
+    panic: str
+    size: Any  # info.json's file_size: an int unless the file was tampered with
+    complete: Any
+    format: Any
+
+
+@dataclass
+class Area:
+    method: str
+    source: str
+    ranges: list[list[int]]
+    header: int
+    release: str  # what releasing it does
+    dump: str = "waiting"  # or why there is none (escaped)
+
+
+@dataclass
+class Waiting:
+    dump_id: str
+    crash_time: str
+    panic: str
+    bytes_in_memory: int
+    pages: int
+    memory_bytes: int
+    truncated_at_panic: bool
+
+
+@dataclass
+class Memory:
+    total_bytes: int
+    dump_area_bytes: int  # the areas found, reserved while a dump waits
+    dump_area_share: float | None
+
+
+@dataclass
+class Filesystem:
+    free_bytes: int
+    fstype: str | None
+    device: str | None
+    mountpoint: str | None
+
+
+@dataclass
+class Selftest:
+    ok: bool
+    verdict: str
+    result: str
+    dump_id: str
+    judged_at: str | None
+
+
+@dataclass
+class Status:
+    config: str
+    dump_dir: str
+    areas: list[Area] = field(default_factory=list)
+    waiting: Waiting | None = None
+    memory: Memory | None = None
+    boot_time: str = ""
+    dumps: list[SavedDump] = field(default_factory=list)
+    free_bytes: int | None = None
+    filesystem: Filesystem | None = None
+    minfree: int = 0
+    failed_attempts: dict[str, Any] | None = None  # state.json as recorded
+    max_attempts: int = 0
+    restart: str = ""
+    selftest: Selftest | None = None
+    unit: dict[str, Any] | None = None  # restart.unit_last_run()
+    locate_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["locate_error"] is None:
+            del out["locate_error"]
+        return out
+
+
+def summary(name: str, info: dict[str, Any]) -> SavedDump:
+    return SavedDump(clean_text(name, 200), info.get("crash_time"),
+                     clean_text(str(info.get("panic", "")), 300), info.get("file_size"),
+                     info.get("complete"), info.get("format"))
+
+
+def saved(dest: Path) -> list[SavedDump]:
+    return [summary(n, i) for n, i in saved_dumps(dest)]
+
+
+def filesystem(path: Path) -> Filesystem | None:
+    """Free space and the file system holding ``path`` (None when it does not exist)."""
+    try:
+        free = psutil.disk_usage(str(path)).free
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best = None
+    for part in psutil.disk_partitions(all=True):
+        mp = part.mountpoint
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (
+            best is None or len(mp) > len(best.mountpoint)
+        ):
+            best = part
+    if best is None:
+        return Filesystem(free, None, None, None)
+    return Filesystem(free, best.fstype, best.device, best.mountpoint)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def collect(cfg: Config, where: Where) -> Status:
+    out = Status(cfg.source, str(where.dest))
+    try:
+        cands = where.candidates(cfg)
+    except DumpsaverError as e:
+        cands = []
+        out.locate_error = e.message
+    for cand in cands:
+        area = Area(cand.method, cand.source, [[r.start, r.end] for r in cand.ranges],
+                    cand.header, cand.release_action)
+        try:
+            mem, dump = open_dump(cand, where.mem)
+        except DumpsaverError as e:
+            area.dump = clean_text(e.message, 300)
+        else:
+            with mem:
+                h = dump.header
+                if out.waiting is None:
+                    out.waiting = Waiting(
+                        str(h.dump_id), _utc(h.crash_time_ns / 1e9),
+                        clean_text(dump.meta.panic, 300), h.dir_offset + h.dir_bytes,
+                        h.nr_entries, h.mem_pages * h.page_size, h.truncated,
+                    )
+        out.areas.append(area)
+    total = psutil.virtual_memory().total
+    reserved = sum(r.end - r.start for c in cands for r in c.ranges)
+    out.memory = Memory(total, reserved, round(reserved / total, 6) if total else None)
+    out.boot_time = _utc(psutil.boot_time())
+    found = saved_dumps(where.dest)  # read once: listed here, judged by the self-test below
+    out.dumps = [summary(n, i) for n, i in found]
+    out.filesystem = filesystem(where.dest)
+    out.free_bytes = out.filesystem.free_bytes if out.filesystem else None
+    out.minfree = cfg.minfree
+    out.failed_attempts = state.load(where.state_dir) or None
+    out.max_attempts = cfg.max_attempts
+    out.restart = cfg.restart
+    v = selftest.report(where.state_dir, [(where.dest / n, i) for n, i in found])
+    if v is not None:
+        out.selftest = Selftest(v.ok, str(v.result), v.text, v.dump_id, v.time or None)
+    try:
+        out.unit = restart.unit_last_run()
+    except Exception:  # no systemd here, or an old pystemd: status still works
+        out.unit = None
+    return out
