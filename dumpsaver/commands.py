@@ -28,6 +28,7 @@ from dumpsaver.errors import (
 )
 from dumpsaver.sanitize import clean_text
 from dumpsaver.sizes import human, parse_size
+from dumpsaver.upload import cli as upload_cli
 
 log = logging.getLogger("dumpsaver")
 
@@ -380,6 +381,8 @@ def _print_dumps(dumps: Sequence[dict[str, Any]]) -> None:
 
 
 def cmd_list(ctx: Ctx) -> int:
+    if ctx.args.remote:
+        return upload_cli.list_remote(ctx)
     dumps = _status_dumps(ctx)
     if ctx.args.json:
         print(json.dumps(dumps, indent=1))
@@ -527,6 +530,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list saved dumps")
     s.add_argument("--dest", type=Path)
     s.add_argument("--json", action="store_true")
+    upload_cli.add_list_options(s)
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("info", help="show one saved dump")
@@ -541,6 +545,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", default="64M", help="simulated machine size (default: %(default)s)")
     s.add_argument("--no-reboot", action="store_true", help="write the dump, do not reboot")
     s.set_defaults(func=cmd_test)
+
+    upload_cli.add_parser(sub)
 
     s = sub.add_parser("simulate", help="crash a simulated machine (for tests and trials)")
     s.add_argument("--memory", default="512M", help="memory size (default: %(default)s)")

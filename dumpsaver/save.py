@@ -49,6 +49,7 @@ log = logging.getLogger("dumpsaver")
 TMP_PREFIX = ".tmp-"
 INFO = "info.json"
 DMESG = "dmesg.txt"
+UPLOADED = "uploaded.json"  # written by dumpsaver upload once a target confirmed the dump
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -444,7 +445,8 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
         over_size = cfg.max_use and sum(sizes[n] for n, _ in dumps) > cfg.max_use
         if not (over_count or over_size):
             break
-        victim = next((n for n, _ in dumps if n != protect), None)
+        victim = next((n for n in retention_order(dest_fd, [n for n, _ in dumps])
+                       if n != protect), None)
         if victim is None:
             break
         log.info("retention: removing old dump %s", victim)
@@ -461,6 +463,20 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
         removed.append(victim)
         dumps = [(n, i) for n, i in dumps if n != victim]
     return removed
+
+
+def retention_order(dest_fd: int, names: list[str]) -> list[str]:
+    """The order in which retention deletes: dumps already uploaded (a store holds
+    them) before those that exist only here; oldest first within each (``names`` is
+    oldest first)."""
+    def uploaded(name: str) -> bool:
+        try:
+            os.stat(f"{name}/{UPLOADED}", dir_fd=dest_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    return sorted(names, key=lambda n: not uploaded(n))  # stable: age order kept
 
 
 def _du(dest_fd: int, name: str) -> int:
