@@ -55,8 +55,8 @@ def run(ctx: Any) -> int:
         errors = list(rep.failed.values())
         first = errors[0]
         msg = "; ".join(e.message for e in errors)
-        left = f"{rep.left} dump{'s' if rep.left != 1 else ''} left to send"
-        raise DumpsaverError(f"{msg}; {left}", hint=first.hint,
+        n = f"{rep.left} dump{'s' if rep.left != 1 else ''} left to send"
+        raise DumpsaverError(f"{msg}; {n}", hint=first.hint,
                              exit_code=first.exit_code)
     if not rep.sent and not ctx.args.json:
         print("dumpsaver: nothing to upload")

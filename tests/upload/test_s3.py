@@ -132,7 +132,7 @@ def test_store_killed_mid_upload_then_resumes(private_weed: Any, dumps: Dumps) -
         time.sleep(0.05)
     w.kill()  # the store dies between part 2 and part 3
     flag.unlink()
-    out, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=120)
     assert p.returncode == 1
     line = one_line_error(err)
     assert "cannot reach the store" in line and name in line

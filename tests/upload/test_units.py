@@ -1,0 +1,62 @@
+"""The upload units: verified by systemd-analyze, ordered after the network, never in
+the boot job, re-run by a timer while something is left to send."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SERVICE = REPO / "units" / "dumpsaver-upload.service"
+TIMER = REPO / "units" / "dumpsaver-upload.timer"
+
+
+def sections(path: Path) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    cur: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            cur = out.setdefault(line[1:-1], {})
+            continue
+        k, _, v = line.partition("=")
+        cur[k] = f"{cur[k]} {v}".strip() if k in cur else v
+    return out
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is missing (systemd)")
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/dumpsaver").write_text("#!/bin/sh\n")
+    (tmp_path / "usr/bin/dumpsaver").chmod(0o755)
+    units = tmp_path / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for u in (SERVICE, TIMER, REPO / "units" / "dumpsaver.service"):
+        shutil.copyfile(u, units / u.name)
+    # The host's targets (sysinit, timers, network-online...) that default dependencies name.
+    lib = tmp_path / "usr/lib/systemd/system"
+    lib.mkdir(parents=True)
+    for t in Path("/usr/lib/systemd/system").glob("*.target"):
+        shutil.copyfile(t, lib / t.name)
+    r = subprocess.run([exe, "verify", "--man=no", f"--root={tmp_path}",
+                        "dumpsaver-upload.service", "dumpsaver-upload.timer"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_upload_waits_for_the_network_and_never_holds_the_boot() -> None:
+    s, t = sections(SERVICE), sections(TIMER)
+    assert "network-online.target" in s["Unit"]["After"].split()
+    assert "network-online.target" in s["Unit"]["Wants"].split()
+    assert "DefaultDependencies" not in s["Unit"]
+    assert "Install" not in s  # started by its timer only: not part of any boot target
+    assert s["Service"]["ExecCondition"].endswith("dumpsaver upload --check")
+    assert t["Install"]["WantedBy"] == "timers.target"
+    assert "OnUnitInactiveSec" in t["Timer"] and "RandomizedDelaySec" in t["Timer"]
