@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +78,16 @@ class Weed:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
 
-    def start(self, timeout: float = 60) -> Weed:
+    def start(self, timeout: float = 60, probe: Callable[[], None] | None = None) -> Weed:
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.root,
                                      start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
-        c = self.client()
         while True:
             try:  # writable, not only listening: the volume server has registered
-                c.put_object(Bucket=BUCKET, Key=".probe", Body=b"x")
-                c.delete_object(Bucket=BUCKET, Key=".probe")
+                (probe or self.probe)()
                 return self
             except Exception as e:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -96,6 +95,11 @@ class Weed:
                     raise RuntimeError(f"weed did not start ({e}); see {self.root}/weed.log"
                                        ) from None
                 time.sleep(0.2)
+
+    def probe(self) -> None:
+        c = self.client()
+        c.put_object(Bucket=BUCKET, Key=".probe", Body=b"x")
+        c.delete_object(Bucket=BUCKET, Key=".probe")
 
     def client(self, **kw: Any) -> Any:
         import boto3
