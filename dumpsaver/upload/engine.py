@@ -22,6 +22,8 @@ class Target(Protocol):
 
     def send(self, d: local.LocalDump) -> dict[str, Any]: ...
 
+    def forget(self, present: set[str]) -> list[str]: ...
+
 
 def targets(cfg: Config, state_dir: Path) -> list[Target]:
     host = local.host_name(cfg.upload_host)
@@ -96,5 +98,14 @@ def upload(cfg: Config, dest: Path, state_dir: Path,
                     have.get(t.url(d.name), {}).get("mode") == "full" for t in all_targets):
                 local.delete(dest, d.name)
                 rep.deleted.append(d.name)
+        present = {d.name for d in local.saved(dest)}
+        for t in all_targets:
+            if t.name not in rep.failed:
+                try:
+                    for name in t.forget(present):
+                        log.info("%s: dropped the unfinished upload of %s (gone here)",
+                                 t.name, name)
+                except DumpsaverError as e:
+                    rep.failed[t.name] = e
         rep.left = len(pending(cfg, dest, state_dir))
     return rep

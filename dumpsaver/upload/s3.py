@@ -414,7 +414,7 @@ class S3Target:
                 r = self._call(key, "create_multipart_upload", Bucket=self.bucket, Key=key,
                                ChecksumAlgorithm="SHA256", Metadata=meta,
                                ContentType="application/octet-stream")
-                rec = {**ident, "upload_id": r["UploadId"], "parts": {}}
+                rec = {**ident, "upload_id": r["UploadId"], "parts": {}, "dump": d.name}
                 state.write_json(self.state_dir, sfile, rec)
             upload_id = str(rec["upload_id"])
             sent.parts_resumed = len(done)
@@ -551,10 +551,31 @@ class S3Target:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _abort(self, rec: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):
+    def forget(self, present: set[str]) -> list[str]:
+        """Abort the unfinished uploads of dumps that are gone here (retention or a
+        person removed them): the store would keep their parts for ever."""
+        gone = []
+        for f in sorted(self.state_dir.glob("s3-*.json")):
+            rec = load_json(f)
+            if rec.get("dump") in present or not rec.get("upload_id"):
+                continue
+            if self._abort(rec):
+                f.unlink(missing_ok=True)
+                gone.append(str(rec.get("dump")))
+        return gone
+
+    def _abort(self, rec: dict[str, Any]) -> bool:
+        """Abort an unfinished upload (best effort: True if the store has it no more)."""
+        from botocore.exceptions import ClientError
+
+        try:
             self.client().abort_multipart_upload(Bucket=self.bucket, Key=str(rec["key"]),
                                                  UploadId=str(rec["upload_id"]))
+        except ClientError as e:
+            return e.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404")
+        except Exception:
+            return False
+        return True
 
 
 def describe(r: dict[str, Any]) -> str:

@@ -148,6 +148,11 @@ class SshTarget:
                 "sha256": h.hexdigest()}
 
 
+    def forget(self, present: set[str]) -> list[str]:
+        """Nothing kept here for ssh: a partial copy on the remote is its .tmp-* directory."""
+        return []
+
+
 def _copy(f: IO[bytes], pipe: IO[bytes], h: Any) -> None:
     for chunk in iter(lambda: f.read(CHUNK), b""):
         h.update(chunk)
