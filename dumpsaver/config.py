@@ -154,10 +154,11 @@ SETTINGS = (
             "A root-only file with the S3 keys, in the AWS credentials format ([default] "
             "aws_access_key_id = ..., aws_secret_access_key = ...). Empty: the standard AWS "
             "chain (environment, ~/.aws, instance role)."),
-    Setting("s3_part_size", "16M", _part_size,
+    Setting("s3_part_size", "8M", _part_size,
             "Multipart upload part size (5M to 5G); raised when a dump would need more than "
             "10000 parts."),
-    Setting("s3_concurrency", 4, _int(1, 64), "Parts uploaded at once."),
+    Setting("s3_concurrency", 8, _int(1, 64),
+            "Parts uploaded at once (memory: s3_concurrency x s3_part_size)."),
     Setting("ssh_destination", "", _text,
             "Copy saved dumps over ssh to [user@]host:/directory (empty: no ssh upload)."),
     Setting("ssh_port", 22, _int(1, 65535), "The ssh port."),

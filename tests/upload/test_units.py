@@ -3,6 +3,7 @@ the boot job, re-run by a timer while something is left to send."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,10 +30,9 @@ def sections(path: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_units_verify(tmp_path: Path) -> None:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        pytest.skip("systemd-analyze is missing (systemd)")
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A scratch root with /usr/bin/dumpsaver, the units and the host's targets."""
     (tmp_path / "usr/bin").mkdir(parents=True)
     (tmp_path / "usr/bin/dumpsaver").write_text("#!/bin/sh\n")
     (tmp_path / "usr/bin/dumpsaver").chmod(0o755)
@@ -45,10 +45,30 @@ def test_units_verify(tmp_path: Path) -> None:
     lib.mkdir(parents=True)
     for t in Path("/usr/lib/systemd/system").glob("*.target"):
         shutil.copyfile(t, lib / t.name)
-    r = subprocess.run([exe, "verify", "--man=no", f"--root={tmp_path}",
+    return tmp_path
+
+
+def analyze() -> str:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is missing (systemd)")
+    return exe
+
+
+def test_units_verify(root: Path) -> None:
+    r = subprocess.run([analyze(), "verify", "--man=no", f"--root={root}",
                         "dumpsaver-upload.service", "dumpsaver-upload.timer"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_upload_sandbox_exposure(root: Path) -> None:
+    """Network and root are what it needs; the rest is closed (1.8 when written)."""
+    r = subprocess.run([analyze(), "security", "--offline=yes", f"--root={root}", "--no-pager",
+                        "dumpsaver-upload.service"], capture_output=True, text=True, check=False)
+    m = re.search(r"Overall exposure level for dumpsaver-upload\.service: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    assert float(m.group(1)) <= 2.0, r.stdout
 
 
 def test_upload_waits_for_the_network_and_never_holds_the_boot() -> None:
