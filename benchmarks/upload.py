@@ -188,6 +188,30 @@ def fleet(w: Weed, work: Path, machines: int, size: int) -> dict[str, Any]:
             "list_remote_machines": sum(g["machines"] for g in rows)}
 
 
+def listing(w: Weed, work: Path, dumps: int) -> dict[str, Any]:
+    """``list --remote`` over ``dumps`` dumps of 50 machines (tiny vmcores: the listing
+    reads only info.json)."""
+    from dumpsaver import config
+    from dumpsaver.upload import engine
+
+    for m in range(50):
+        d = Dumps(work / f"list{m}")
+        for i in range(dumps // 50):
+            d.add(4096, seed=m * 1000 + i, release=f"6.1.0-{i % 3}")
+        engine.upload(config.load(d.s3_config(w, s3_prefix="listing", upload_host=f"h{m:03d}")),
+                      d.dest, d.state)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "dumpsaver", "--config",
+                            str(work / "list0" / "dumpsaver.yaml"), "list", "--remote", "--json"],
+                           capture_output=True, text=True, check=True)
+        times.append(time.perf_counter() - t0)
+    rows = json.loads(r.stdout)
+    return {"dumps": sum(g["dumps"] for g in rows), "machines": max(g["machines"] for g in rows),
+            "groups": len(rows), "seconds": min(times)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small files: the smoke test")
@@ -195,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workdir", type=Path)
-    ap.add_argument("--only", help="comma-separated: throughput,resume,requests,fleet")
+    ap.add_argument("--only", help="comma-separated: throughput,resume,requests,fleet,"
+                    "listing (merged into an existing results file)")
     a = ap.parse_args(argv)
     size = parse_size(a.size or ("24M" if a.quick else "512M"))
     repeat = a.repeat or (1 if a.quick else 3)
@@ -204,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     w = Weed(work / "weed").start()
     try:
         t0 = time.perf_counter()
-        only = set((a.only or "throughput,resume,requests,fleet").split(","))
+        only = set((a.only or "throughput,resume,requests,fleet,listing").split(","))
         res: dict[str, Any] = {"meta": {"quick": a.quick, "repeat": repeat,
                                         "cpus": os.cpu_count()}}
         if "throughput" in only:
@@ -216,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         if "fleet" in only:
             res["fleet"] = [fleet(w, work / f"f{m}", m, (8 if a.quick else 64) << 20)
                             for m in ((1, 4) if a.quick else (1, 4, 16))]
+        if "listing" in only:
+            res["listing"] = listing(w, work, 50 if a.quick else 500)
         res["meta"]["seconds"] = time.perf_counter() - t0
     finally:
         w.stop()
     dest = a.json or HERE / ("upload-results-quick.json" if a.quick else "upload-results.json")
+    if a.only and dest.exists():
+        res = {**json.loads(dest.read_text()), **{k: v for k, v in res.items() if k != "meta"}}
     dest.write_text(json.dumps(res, indent=1) + "\n")
     report(res, size, repeat)
     print(f"wrote {dest}")
@@ -249,6 +278,10 @@ def report(res: dict[str, Any], size: int, repeat: int) -> None:
         print(f"requests per dump ({human(q['size'])}): full {q['full']['requests']} "
               f"{q['full']['by_operation']}, summary {q['summary']['requests']} "
               f"{q['summary']['by_operation']}")
+    if "listing" in res:
+        g = res["listing"]
+        print(f"list --remote: {g['seconds']:.2f} s for {g['dumps']} dumps of "
+              f"{g['machines']} machines in {g['groups']} groups")
     for f in res.get("fleet", []):
         print(f"fleet: {f['machines']:>3} machines x {human(f['size'])} at once: "
               f"{f['seconds']:.1f} s, {f['aggregate_MBps']:.1f} MB/s, store CPU "

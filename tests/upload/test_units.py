@@ -63,7 +63,7 @@ def test_units_verify(root: Path) -> None:
 
 
 def test_upload_sandbox_exposure(root: Path) -> None:
-    """Network and root are what it needs; the rest is closed (1.8 when written)."""
+    """Network and root are what it needs; the rest is closed (1.7 when written)."""
     r = subprocess.run([analyze(), "security", "--offline=yes", f"--root={root}", "--no-pager",
                         "dumpsaver-upload.service"], capture_output=True, text=True, check=False)
     m = re.search(r"Overall exposure level for dumpsaver-upload\.service: ([0-9.]+)", r.stdout)
