@@ -166,7 +166,24 @@ def test_wrong_credentials_never_shown(weed: Weed, dumps: Dumps) -> None:
     for f in dumps.state.rglob("*"):
         if f.is_file():
             assert wrong.encode() not in f.read_bytes()
+    st = subprocess.run([sys.executable, "-m", "dumpsaver", "--config", str(dumps.config),
+                         "status", "--json", "--dest", str(dumps.dest), "--cmdline", "/dev/null",
+                         "--sysfs", str(dumps.root / "nosysfs")], capture_output=True, text=True)
+    assert st.returncode == 0, st.stderr
+    for secret in (weed.access_key, wrong):
+        assert secret not in st.stdout + st.stderr
     assert_not_complete(weed, dumps, name)
+
+
+def test_credentials_from_the_standard_chain(weed: Weed, dumps: Dumps) -> None:
+    name = dumps.add(1 * MiB)
+    dumps.s3_config(weed, s3_credentials_file="")
+    env = {"AWS_ACCESS_KEY_ID": weed.access_key, "AWS_SECRET_ACCESS_KEY": weed.secret_key,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    r = dumps.upload(env=env)
+    assert r.returncode == 0, r.stderr
+    assert_complete(weed, dumps, name)
 
 
 def test_credentials_file_must_be_root_only(weed: Weed, dumps: Dumps) -> None:
@@ -289,3 +306,15 @@ def test_real_saved_dump_round_trip(weed: Weed, make_sim: Any, tmp_path: Path) -
     dumps.s3_config(weed)
     assert dumps.upload().returncode == 0
     assert_complete(weed, dumps, res.dump_dir.name)
+
+
+def test_no_credentials_anywhere(weed: Weed, dumps: Dumps) -> None:
+    name = dumps.add(1 * MiB)
+    dumps.s3_config(weed, s3_credentials_file="")
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_ACCESS_KEY_ID": "",
+           "AWS_SECRET_ACCESS_KEY": ""}
+    r = dumps.upload(env=env)
+    assert r.returncode == 1
+    assert "no S3 credentials found" in one_line_error(r.stderr)
+    assert_not_complete(weed, dumps, name)
