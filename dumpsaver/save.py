@@ -466,15 +466,18 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
 
 
 def retention_order(dest_fd: int, names: list[str]) -> list[str]:
-    """The order in which retention deletes: dumps already uploaded (a store holds
-    them) before those that exist only here; oldest first within each (``names`` is
-    oldest first)."""
+    """The order in which retention deletes: dumps a store holds in full (their
+    uploaded.json says so) before those that exist only here; oldest first within
+    each (``names`` is oldest first)."""
     def uploaded(name: str) -> bool:
         try:
-            os.stat(f"{name}/{UPLOADED}", dir_fd=dest_fd, follow_symlinks=False)
-        except OSError:
+            fd = os.open(f"{name}/{UPLOADED}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dest_fd)
+            with os.fdopen(fd, "rb") as f:
+                targets = json.loads(f.read(1 << 20)).get("targets", {})
+            return any(t.get("mode") == "full" for t in targets.values())
+        except (OSError, ValueError, AttributeError):
             return False
-        return True
 
     return sorted(names, key=lambda n: not uploaded(n))  # stable: age order kept
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dumpsaver import save
+from dumpsaver import config, save
 from dumpsaver.upload import local
 from tests.upload.conftest import BUCKET, Dumps, one_line_error
 from tests.upload.servers import Weed
@@ -289,10 +289,16 @@ def test_only_summary_when_signature_is_common_and_fleet_view(weed: Weed, dumps:
 def test_retention_deletes_uploaded_dumps_first(tmp_path: Path) -> None:
     dumps = Dumps(tmp_path)
     old, mid, new = dumps.add(4096), dumps.add(4096), dumps.add(4096)
-    (dumps.dest / mid / "uploaded.json").write_text('{"targets": {}}')
+    (dumps.dest / mid / "uploaded.json").write_text('{"targets": {"s3://b/p/h/mid/": '
+                                                    '{"mode": "full"}}}')
+    # Only info.json and dmesg.txt went: its vmcore exists nowhere else.
+    (dumps.dest / old / "uploaded.json").write_text('{"targets": {"s3://b/p/h/old/": '
+                                                    '{"mode": "summary"}}}')
     fd = os.open(dumps.dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
         assert save.retention_order(fd, [old, mid, new]) == [mid, old, new]
+        cfg = config.from_mapping({"keep_dumps": 2, "minfree": 0}, "test")
+        assert save.vacuum(dumps.dest, fd, cfg, protect=new) == [mid]
     finally:
         os.close(fd)
 
