@@ -24,6 +24,7 @@ from dumpsaver.sanitize import clean_text
 
 INFO = "info.json"
 DMESG = "dmesg.txt"
+UPLOADED = "uploaded.json"  # written by dumpsaver upload once a target confirmed the dump
 TMP_PREFIX = ".tmp-"
 
 

@@ -24,6 +24,7 @@ from dumpsaver.errors import EXIT_FAILURE, EXIT_USAGE, DumpsaverError, Exit, exi
 from dumpsaver.sanitize import clean_text
 from dumpsaver.save import SaveStatus
 from dumpsaver.sizes import human, parse_size
+from dumpsaver.upload import cli as upload_cli
 from dumpsaver.writers import OutputFormat
 
 log = logging.getLogger("dumpsaver")
@@ -235,8 +236,15 @@ def _print_dumps(dumps: Sequence[status_mod.SavedDump]) -> None:
         print(f"  {d.id}  {size:>10}  {mark:<10}  {d.panic}")
 
 
-@subcommand("list", "list saved dumps", _dest_json)
+def _list_options(p: argparse.ArgumentParser) -> None:
+    _dest_json(p)
+    upload_cli.add_list_options(p)
+
+
+@subcommand("list", "list saved dumps", _list_options)
 def cmd_list(ctx: Ctx) -> int:
+    if ctx.args.remote:
+        return upload_cli.list_remote(ctx)
     dumps = status_mod.saved(ctx.where.dest)
     if ctx.args.json:
         print(json.dumps([asdict(d) for d in dumps], indent=1))
@@ -379,6 +387,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         options(s)
         s.set_defaults(func=handler)
+    upload_cli.add_parser(sub)
     return p
 
 

