@@ -108,7 +108,12 @@ def _save_options(s: argparse.ArgumentParser) -> None:
     _location(s)
     s.add_argument("--format", choices=[str(f) for f in OutputFormat],
                    help="output format (default: format)")
-    s.add_argument("--no-restart", action="store_true", help="do not reboot after saving")
+    r = s.add_mutually_exclusive_group()
+    r.add_argument("--restart", action="store_true", default=None,
+                   help="request the configured restart after a complete save (the default "
+                   "only when run as the boot service)")
+    r.add_argument("--no-restart", dest="restart", action="store_false",
+                   help="never request a restart (the default when run by hand)")
     s.add_argument("--keep", action="store_true", help="do not release the dump after saving")
     s.add_argument("--force", action="store_true",
                    help="save even when the header checksum fails or max_attempts is reached")
@@ -129,7 +134,7 @@ def cmd_save(ctx: Ctx) -> int:
     if a.stdout:  # (the stream itself refuses a terminal)
         sys.stdout.flush()
     opts = boot.Options(fmt_name=a.format, keep=a.keep, force=a.force, check=a.check,
-                        no_restart=a.no_restart, wait=a.wait,
+                        restart=a.restart, wait=a.wait,
                         stdout_fd=sys.stdout.fileno() if a.stdout else None,
                         release_stream=a.release)
     bar = _Bar() if not a.stdout or sys.stderr.isatty() else None
@@ -153,8 +158,15 @@ def cmd_save(ctx: Ctx) -> int:
         print(f"dumpsaver: {out.status}: {out.dump_dir}")
         if out.selftest:
             print("dumpsaver: that was the test dump of 'dumpsaver test': no restart needed")
+        if out.restart_skipped is not None:
+            print(f"dumpsaver: run by hand, so no {out.restart_skipped} was requested "
+                  "(--restart requests it)")
         if out.restart is not None:
-            boot.restart_now(out.restart, out.dump_id)
+            try:
+                boot.restart_now(out.restart, out.dump_id)
+            except DumpsaverError as e:  # the dump is saved: say so, keep its exit code
+                _error(e)
+                return out.exit if out.exit != Exit.OK else e.exit_code
     return out.exit
 
 
@@ -281,6 +293,19 @@ def _test_options(s: argparse.ArgumentParser) -> None:
     _location(s)
     s.add_argument("--memory", default="64M", help="simulated machine size (default: %(default)s)")
     s.add_argument("--no-reboot", action="store_true", help="write the dump, do not reboot")
+    s.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask before rebooting (as kdumpctl test asks for 'yes')")
+
+
+def _confirm(what: str) -> None:
+    """Ask for "yes" on a terminal (kdumpctl test's manner); refuse without one."""
+    if not sys.stdin.isatty():
+        raise DumpsaverError("not asking without a terminal", exit_code=Exit.USAGE,
+                             hint="--yes confirms, --no-reboot leaves the reboot to you")
+    print(what, file=sys.stderr)
+    print("Type 'yes' to continue: ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip() != "yes":
+        raise DumpsaverError("not confirmed: nothing written, no reboot")
 
 
 @subcommand("test", "write a test dump into the reserved region and warm-reboot: the next "
@@ -297,6 +322,9 @@ def cmd_test(ctx: Ctx) -> int:
             "no reserved region to test with",
             hint="boot with memmap=16M$0x30000000 (or name a region in the configuration)",
         )
+    if not (ctx.args.no_reboot or ctx.args.yes):
+        _confirm("dumpsaver test writes a test dump into the reserved region and then "
+                 "REBOOTS this machine at once.")
     rec = selftest.start(cands[0], where.mem, where.state_dir,
                          memory=parse_size(ctx.args.memory))
     print(f"dumpsaver: wrote test dump {rec['dump_id']} ({rec['saved_pages']} pages) into "
@@ -382,6 +410,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(e: DumpsaverError) -> None:
+    msg = clean_text(e.message, 2000)
+    print(f"error: {msg}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -391,8 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DumpsaverError as e:
         if args.debug:
             raise
-        msg = clean_text(e.message, 2000)
-        print(f"error: {msg}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        _error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -90,6 +90,12 @@ class BusyError(DumpsaverError):
         super().__init__(message, hint, exit_code=EXIT_BUSY)
 
 
+class DestinationError(DumpsaverError):
+    """The dump directory cannot be used (not a directory, not ours, cannot be created):
+    an operator's or the configuration's mistake, found before the dump is read, so not
+    a failed attempt at the dump."""
+
+
 class ConfigError(DumpsaverError):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message, hint, exit_code=EXIT_USAGE)
