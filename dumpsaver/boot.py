@@ -93,6 +93,8 @@ class Outcome:
     restart: RestartAction | None = None  # to request now (None: none)
     selftest: bool = False  # the dump was the one `dumpsaver test` wrote
     restart_skipped: RestartAction | None = None  # configured, not requested: run by hand
+    incomplete_reasons: list[str] = field(default_factory=list)  # info.json's, escaped
+    dropped_at_panic: int = 0  # selected pages the panic side had no room for
     streamed_pages: int = 0  # stdout_fd: what went out
     streamed_bytes: int = 0
 
@@ -194,6 +196,8 @@ def run(cfg: Config, where: Where, opts: Options, *,
     journal.notify_status(f"{res.status.capitalize()} dump {did} in {res.dump_dir}")
     if res.status == SaveStatus.INCOMPLETE:
         out.exit = Exit.INCOMPLETE
+        out.incomplete_reasons = [str(r) for r in res.info.get("incomplete_reasons", [])]
+        out.dropped_at_panic = h.nr_dropped
     if selftest.is_selftest(where.state_dir, did):
         out.selftest = True
     elif out.exit == Exit.OK and not opts.keep and cfg.restart != RestartAction.CONTINUE:
