@@ -95,6 +95,8 @@ class Outcome:
     restart_skipped: RestartAction | None = None  # configured, not requested: run by hand
     incomplete_reasons: list[str] = field(default_factory=list)  # info.json's, escaped
     dropped_at_panic: int = 0  # selected pages the panic side had no room for
+    file_size: int = 0  # the saved core
+    duration_s: float = 0.0  # the save, from the lock to the durable copy
     streamed_pages: int = 0  # stdout_fd: what went out
     streamed_bytes: int = 0
 
@@ -193,6 +195,9 @@ def run(cfg: Config, where: Where, opts: Options, *,
             raise
     state.clear(where.state_dir)
     out.status, out.dump_dir = res.status, res.dump_dir
+    size, took = res.info.get("file_size"), res.info.get("duration_s")
+    out.file_size = size if isinstance(size, int) else 0
+    out.duration_s = float(took) if isinstance(took, int | float) else 0.0
     journal.notify_status(f"{res.status.capitalize()} dump {did} in {res.dump_dir}")
     if res.status == SaveStatus.INCOMPLETE:
         out.exit = Exit.INCOMPLETE

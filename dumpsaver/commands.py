@@ -91,12 +91,20 @@ def _dest_json(p: argparse.ArgumentParser) -> None:
 # -- save -------------------------------------------------------------------------------
 
 
-class _Bar:
-    """A progress bar on a terminal; sd_notify STATUS= progress under systemd."""
+def _duration(s: float) -> str:
+    s = int(s + 0.5)
+    return f"{s // 60}:{s % 60:02d}"
 
-    def __init__(self) -> None:
+
+class _Bar:
+    """A progress bar on a terminal (rate, elapsed, ETA); sd_notify STATUS= progress under
+    systemd.  The rate counts the memory saved (pages of the machine's page size)."""
+
+    def __init__(self, page_size: int = os.sysconf("SC_PAGE_SIZE")) -> None:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.start = time.monotonic()
+        self.page_size = page_size
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -104,10 +112,15 @@ class _Bar:
             return
         self.last = now
         pct = 100 * done // max(total, 1)
-        journal.notify_status(f"Saving dump: {pct}% ({done}/{total} pages)")
+        elapsed = now - self.start
+        rate = done * self.page_size / max(elapsed, 1e-6)  # bytes/s
+        eta = (total - done) * self.page_size / rate if rate > 0 else 0.0
+        journal.notify_status(f"Saving dump: {pct}% ({done}/{total} pages, "
+                              f"{human(int(rate))}/s)")
         if self.tty:
             bar = "#" * (pct // 4)
-            sys.stderr.write(f"\rsaving [{bar:<25}] {pct:3d}% {done}/{total} pages")
+            sys.stderr.write(f"\rsaving [{bar:<25}] {pct:3d}% {human(int(rate))}/s "
+                             f"{_duration(elapsed)} elapsed, ETA {_duration(eta)} ")
             if done == total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -165,7 +178,11 @@ def cmd_save(ctx: Ctx) -> int:
         print(f"dumpsaver: streamed {out.streamed_pages} pages ({human(out.streamed_bytes)}) "
               f"to stdout{incomplete}; the dump is {kept}", file=sys.stderr)
     else:
-        print(f"dumpsaver: {out.status}: {out.dump_dir}")
+        took = ""
+        if out.file_size and out.duration_s > 0:
+            took = (f" ({human(out.file_size)} in {out.duration_s:.1f} s, "
+                    f"{human(int(out.file_size / out.duration_s))}/s)")
+        print(f"dumpsaver: {out.status}: {out.dump_dir}{took}")
         for reason in out.incomplete_reasons:
             print(f"dumpsaver: INCOMPLETE because {clean_text(reason, 500)}")
         if out.dropped_at_panic:

@@ -375,3 +375,14 @@ def test_options_after_the_subcommand_and_usage_errors(tmp_path: Path) -> None:
     assert "(default: format)" not in r.stdout and "exit codes:" in r.stdout
     r = by_hand("list", "--help")
     assert "--json" in r.stdout and "print the dumps as a JSON array" in r.stdout
+
+
+def test_progress_bar_and_summary_on_a_terminal(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sim = make_sim(memory=16 << 20)
+    rc, out = in_pty("save", *sim.cli_args(tmp_path / "d"))
+    assert rc == 0, out
+    bar = [ln for ln in out.replace("\r", "\n").splitlines() if ln.startswith("saving [")]
+    assert bar and "100%" in bar[-1] and "/s " in bar[-1], bar
+    assert "elapsed, ETA 0:00" in bar[-1]
+    (summary,) = [ln for ln in out.splitlines() if ln.startswith("dumpsaver: saved: ")]
+    assert " MiB in " in summary and summary.endswith("/s)"), summary
