@@ -63,15 +63,17 @@ def table(dumps: Sequence[SavedDump], *, tty: bool) -> list[str]:
     """``list``'s table: headers, one dump a line.  On a terminal the names are cut (to a
     prefix that still selects), lines to the width, and the time carries its age; into a
     pipe everything is whole."""
-    heads = ("TIME", "ID", "KERNEL", "FORMAT", "SIZE", "STATE", "PANIC")
-    rows = [(when(crash_ts(d), age=tty), i, d.kernel or "-", str(d.format or "-"),
-             human(d.size) if isinstance(d.size, int) else "?", state(d), d.panic)
+    # what matters most first: a narrow terminal cuts the kernel and the panic string
+    heads = ("TIME", "ID", "STATE", "SIZE", "FORMAT", "KERNEL", "PANIC")
+    rows = [(when(crash_ts(d), age=tty), i, state(d),
+             human(d.size) if isinstance(d.size, int) else "?", str(d.format or "-"),
+             d.kernel or "-", d.panic)
             for d, i in zip(dumps, short_ids(dumps) if tty else [d.id for d in dumps],
                             strict=True)]
     widths = [max([len(h)] + [len(r[c]) for r in rows]) for c, h in enumerate(heads[:-1])]
     lines = []
     for r in [heads, *rows]:
-        cells = [f"{v:>{w}}" if c == 4 else f"{v:<{w}}" for c, (v, w)
+        cells = [f"{v:>{w}}" if c == 3 else f"{v:<{w}}" for c, (v, w)
                  in enumerate(zip(r[:-1], widths, strict=True))]
         lines.append("  ".join([*cells, r[-1]]))
     if tty:

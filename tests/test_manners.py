@@ -309,7 +309,7 @@ def test_list_selects_like_coredumpctl(three: Path) -> None:
     d = ["--dest", str(three)]
     r = by_hand("list", *d)
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["TIME", "ID", "KERNEL", "FORMAT", "SIZE", "STATE", "PANIC"]
+    assert lines[0].split() == ["TIME", "ID", "STATE", "SIZE", "FORMAT", "KERNEL", "PANIC"]
     assert lines[1].split("  ")[-1] == "BUG: first"
     assert "6.1.0-sim-amd64" in lines[1] and "elf" in lines[1] and "complete" in lines[1]
     names = [json.loads(by_hand("list", *d, "--json").stdout)[i]["id"] for i in range(3)]
