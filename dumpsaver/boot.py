@@ -12,10 +12,14 @@ error of the save, expected or not, except a busy lock: another saver is at work
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from dumpsaver import journal, selftest, state
 from dumpsaver.catalogue import identity
@@ -24,6 +28,7 @@ from dumpsaver.decode import Dump
 from dumpsaver.errors import (
     AlreadySavedError,
     BusyError,
+    DestinationError,
     DumpsaverError,
     Exit,
     FormatError,
@@ -39,6 +44,10 @@ from dumpsaver.sizes import human
 from dumpsaver.writers import Progress
 
 log = logging.getLogger("dumpsaver")
+
+#: After giving up: a save by hand, which never restarts unless asked (--restart).
+GAVE_UP_HINT = ("fix the cause (see dumpsaver status), then run dumpsaver save --force; "
+                "by hand it does not reboot")
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,9 @@ class Options:
     keep: bool = False
     force: bool = False
     check: bool = False
-    no_restart: bool = False
+    # Request the configured restart after a complete save: True (--restart), False
+    # (--no-restart), or None: only as the boot job (under systemd), never by hand.
+    restart: bool | None = None
     wait: float = 0.0
     stdout_fd: int | None = None  # stream the flattened form here instead of saving
     release_stream: bool = False  # with stdout_fd: release once the last byte is out
@@ -81,6 +92,11 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # about the areas that held no dump
     restart: RestartAction | None = None  # to request now (None: none)
     selftest: bool = False  # the dump was the one `dumpsaver test` wrote
+    restart_skipped: RestartAction | None = None  # configured, not requested: run by hand
+    incomplete_reasons: list[str] = field(default_factory=list)  # info.json's, escaped
+    dropped_at_panic: int = 0  # selected pages the panic side had no room for
+    file_size: int = 0  # the saved core
+    duration_s: float = 0.0  # the save, from the lock to the durable copy
     streamed_pages: int = 0  # stdout_fd: what went out
     streamed_bytes: int = 0
 
@@ -144,13 +160,15 @@ def run(cfg: Config, where: Where, opts: Options, *,
                              f"{clean_text(dump.meta.panic, 200)}", DUMP_ID=did)
         tries = state.attempts_for(where.state_dir, did, ident)
         if tries >= cfg.max_attempts and not opts.force:
-            _event("failed", f"gave up on dump {did} after {tries} failed attempts; the dump "
-                             "stays in memory", DUMP_ID=did, ATTEMPT=tries,
-                   REASON="gave up after max_attempts")
+            if journal.running_under_systemd():  # on a terminal the error line says it
+                _event("failed", f"gave up on dump {did} after {tries} failed attempts; "
+                                 "the dump stays in memory", DUMP_ID=did, ATTEMPT=tries,
+                       REASON="gave up after max_attempts")
             journal.notify_status(f"Gave up on dump {did} after {tries} failed attempts")
             raise DumpsaverError(
-                f"gave up after {tries} failed attempts to save dump {did}",
-                hint="fix the cause (see dumpsaver status), then run dumpsaver save --force",
+                f"gave up after {tries} failed attempts to save dump {did}; it stays in "
+                "memory",
+                hint=GAVE_UP_HINT,
                 exit_code=Exit.GAVE_UP,
             )
         if opts.stdout_fd is not None:  # by hand, not the boot job: no attempt counted
@@ -164,8 +182,8 @@ def run(cfg: Config, where: Where, opts: Options, *,
                        fmt_name=opts.fmt_name, keep=opts.keep, wait=opts.wait,
                        progress=progress,
                        on_event=lambda kind, msg, **f: _event(kind, msg, DUMP_ID=did, **f))
-        except BusyError:
-            raise  # another saver is at work: not a failed attempt
+        except (BusyError, DestinationError):
+            raise  # another saver is at work, or a bad dump directory: not the dump's fault
         except AlreadySavedError as e:  # by another saver while we waited: its job now
             return _saved_by_another(out, e)
         except DumpsaverError as e:
@@ -177,13 +195,23 @@ def run(cfg: Config, where: Where, opts: Options, *,
             raise
     state.clear(where.state_dir)
     out.status, out.dump_dir = res.status, res.dump_dir
+    size, took = res.info.get("file_size"), res.info.get("duration_s")
+    out.file_size = size if isinstance(size, int) else 0
+    out.duration_s = float(took) if isinstance(took, int | float) else 0.0
     journal.notify_status(f"{res.status.capitalize()} dump {did} in {res.dump_dir}")
     if res.status == SaveStatus.INCOMPLETE:
         out.exit = Exit.INCOMPLETE
+        out.incomplete_reasons = [str(r) for r in res.info.get("incomplete_reasons", [])]
+        out.dropped_at_panic = h.nr_dropped
     if selftest.is_selftest(where.state_dir, did):
         out.selftest = True
-    elif not opts.no_restart and not opts.keep and cfg.restart != RestartAction.CONTINUE:
-        out.restart = RestartAction(cfg.restart)
+    elif out.exit == Exit.OK and not opts.keep and cfg.restart != RestartAction.CONTINUE:
+        # an incomplete save (exit 4) never restarts: someone should look first
+        wanted = journal.running_under_systemd() if opts.restart is None else opts.restart
+        if wanted:
+            out.restart = RestartAction(cfg.restart)
+        elif opts.restart is None:
+            out.restart_skipped = RestartAction(cfg.restart)
     return out
 
 
@@ -221,11 +249,33 @@ def _stream(cand: Candidate, dump: Dump, where: Where, opts: Options, out: Outco
     return out
 
 
-def restart_now(action: RestartAction, dump_id: str = "") -> None:
-    """Log, flush and sync everything, then ask PID 1 for ``action`` (it stops us)."""
+def restart_now(action: RestartAction, dump_id: str = "") -> NoReturn:
+    """Log, flush and sync everything, ask PID 1 for ``action``, and exit 0.
+
+    systemd answers the request by stopping this unit with SIGTERM.  The work is done and
+    durable, so the run must end as a success, not as "Failed with result 'signal'" on
+    the one boot that did its job: from the request on, a SIGTERM exits 0, and once the
+    request is queued the process exits 0 itself (returning would reach the interpreter's
+    shutdown, which restores the default SIGTERM and could still die of it).  A SIGTERM
+    before the request (a shutdown mid-save) still kills: an interrupted save."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     _event("restart-requested", f"requesting a clean {action} from systemd", ACTION=action,
            **({"DUMP_ID": dump_id} if dump_id else {}))
     for h in logging.getLogger().handlers:
         h.flush()
     os.sync()
-    request_restart(action)
+    before = signal.signal(signal.SIGTERM, lambda *_: _exit_now())
+    try:
+        request_restart(action)
+    except BaseException:
+        signal.signal(signal.SIGTERM, before)
+        raise
+    _exit_now()
+
+
+def _exit_now() -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)

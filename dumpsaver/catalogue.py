@@ -19,6 +19,7 @@ from typing import Any
 
 from dumpsaver import format as fmt
 from dumpsaver.decode import Dump, Scan
+from dumpsaver.errors import NoPermissionError
 from dumpsaver.locate import Candidate
 from dumpsaver.sanitize import clean_text
 
@@ -55,6 +56,8 @@ def is_saved_as(info: dict[str, Any], h: fmt.Header) -> bool:
 def read_info(dest_fd: int, name: str) -> dict[str, Any] | None:
     try:
         fd = os.open(f"{name}/{INFO}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest_fd)
+    except PermissionError as e:
+        raise NoPermissionError(f"{name}/{INFO}", e) from None
     except OSError:
         return None
     try:
@@ -69,6 +72,8 @@ def saved_dumps(dest: Path) -> list[tuple[str, dict[str, Any]]]:
     """Saved dump directories with their info, oldest first (by crash time)."""
     try:
         fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError as e:  # refused, never "no saved dumps"
+        raise NoPermissionError(str(dest), e) from None
     except OSError:
         return []
     try:

@@ -19,6 +19,11 @@ class Exit(enum.IntEnum):
     CORRUPT = 6
     BUSY = 7
     GAVE_UP = 8
+    NO_PERMISSION = 9
+    # status's verdicts for monitoring (besides 0 ready, 8 gave up, 9 permission denied)
+    NOT_READY = 10
+    DUMP_WAITING = 11
+    NOT_ARMED = 12
 
     @property
     def meaning(self) -> str:
@@ -35,6 +40,10 @@ _MEANING = {
     Exit.CORRUPT: "corrupt header (nothing saved)",
     Exit.BUSY: "another saver is running",
     Exit.GAVE_UP: "gave up after max_attempts",
+    Exit.NO_PERMISSION: "permission denied",
+    Exit.NOT_READY: "status: no dump area, a crash would not be caught",
+    Exit.DUMP_WAITING: "status: a dump is waiting to be saved",
+    Exit.NOT_ARMED: "status: the kernel side is not armed",
 }
 
 # The names the code has always used.
@@ -88,6 +97,20 @@ class BusyError(DumpsaverError):
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message, hint, exit_code=EXIT_BUSY)
+
+
+class DestinationError(DumpsaverError):
+    """The dump directory cannot be used (not a directory, not ours, cannot be created):
+    an operator's or the configuration's mistake, found before the dump is read, so not
+    a failed attempt at the dump."""
+
+
+class NoPermissionError(DumpsaverError):
+    """The caller may not read what the answer depends on: refused, never answered "none"."""
+
+    def __init__(self, what: str, e: OSError):
+        super().__init__(f"permission denied: cannot read {what}: {e.strerror}",
+                         hint="run as root", exit_code=Exit.NO_PERMISSION)
 
 
 class ConfigError(DumpsaverError):

@@ -201,8 +201,10 @@ def peek_header_size(fixed: bytes) -> int:
     magic = fixed[:8]
     if magic == SAVED_MAGIC:
         raise AlreadySavedError("the dump was already saved (header invalidated)")
+    if magic == bytes(len(MAGIC)):  # fresh RAM, a cleared area: the normal case
+        raise NoDumpError("no dump")
     if magic != MAGIC:
-        raise NoDumpError(f"bad dump magic {magic!r} (expected {MAGIC!r})")
+        raise NoDumpError(f"no dump (bad dump magic {magic!r}, expected {MAGIC!r})")
     version, header_size = struct.unpack_from("<II", fixed, 8)
     assert isinstance(header_size, int)
     if version != VERSION:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from dumpsaver.errors import DumpsaverError, OutsideAreaError
+from dumpsaver.errors import DumpsaverError, NoPermissionError, OutsideAreaError
 
 #: Physical addresses are below 2^63: /dev/mem offsets are a signed 64-bit off_t, and
 #: no machine has memory up there.  A range beyond it is refused where it is read.
@@ -79,9 +79,10 @@ class PhysMem:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:
             self.fd = os.open(path, flags)
+        except PermissionError as e:
+            raise NoPermissionError(f"the memory device {path}", e) from e
         except OSError as e:
-            hint = "run as root" if isinstance(e, PermissionError) else None
-            raise DumpsaverError(f"cannot open memory device {path}: {e.strerror}", hint) from e
+            raise DumpsaverError(f"cannot open memory device {path}: {e.strerror}") from e
 
     def close(self) -> None:
         if self.fd >= 0:

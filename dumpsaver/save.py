@@ -45,7 +45,13 @@ from dumpsaver.catalogue import (
 )
 from dumpsaver.config import Config
 from dumpsaver.decode import Dump, Scan
-from dumpsaver.errors import EXIT_NO_SPACE, AlreadySavedError, BusyError, DumpsaverError
+from dumpsaver.errors import (
+    EXIT_NO_SPACE,
+    AlreadySavedError,
+    BusyError,
+    DestinationError,
+    DumpsaverError,
+)
 from dumpsaver.faults import checkpoint
 from dumpsaver.locate import Candidate
 from dumpsaver.physmem import PhysMem
@@ -166,7 +172,7 @@ def ensure_dest(dest: Path) -> int:
             os.makedirs(dest.parent, exist_ok=True)
             os.mkdir(dest, DIR_MODE)
         except OSError as e:
-            raise DumpsaverError(
+            raise DestinationError(
                 f"cannot create {dest}: {e.strerror}",
                 hint="is the file system read-only? (a dump_dir outside /var/dumps needs "
                 "ReadWritePaths= in a drop-in for the sandboxed unit)"
@@ -174,13 +180,16 @@ def ensure_dest(dest: Path) -> int:
             ) from None
         st = os.lstat(dest)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise DumpsaverError(f"{dest} is not a directory (symlinks are not followed)")
+        raise DestinationError(f"{dest} is not a directory (symlinks are not followed)")
     if st.st_uid != os.geteuid():
-        raise DumpsaverError(
+        raise DestinationError(
             f"{dest} is owned by uid {st.st_uid}, not by us: refusing to write there",
             hint=f"chown root:root {dest} && chmod 700 {dest}",
         )
-    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise DestinationError(f"cannot open {dest}: {e.strerror}") from None
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.fchmod(fd, DIR_MODE)
     return fd

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dumpsaver.errors import NoPermissionError
 from dumpsaver.faults import checkpoint
 
 FILE = "attempts.json"
@@ -24,6 +25,8 @@ FILE = "attempts.json"
 def load(state_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads((state_dir / FILE).read_bytes()[: 1 << 20])
+    except PermissionError as e:  # the attempts cannot be known: refused, not "none"
+        raise NoPermissionError(str(state_dir), e) from None
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from dumpsaver import restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
 from dumpsaver.config import Config
-from dumpsaver.errors import DumpsaverError
+from dumpsaver.errors import DumpsaverError, Exit, NoPermissionError
 from dumpsaver.sanitize import clean_text
 from dumpsaver.save import open_dump
+from dumpsaver.sizes import human
 
 
 @dataclass
@@ -34,6 +36,13 @@ class SavedDump:
     size: Any  # info.json's file_size: an int unless the file was tampered with
     complete: Any
     format: Any
+    kernel: str = ""  # the crashed kernel's release
+    host: str = ""
+    save_time: Any = None
+    dropped_at_panic: int = 0  # selected pages the panic side had no room for
+    saved_pages: int = 0
+    incomplete_reasons: list[str] = field(default_factory=list)
+    dump_id: str = ""
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Area:
     header: int
     release: str  # what releasing it does
     dump: str = "waiting"  # or why there is none (escaped)
+    size: int = 0  # bytes in all its ranges
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Waiting:
     pages: int
     memory_bytes: int
     truncated_at_panic: bool
+    crash_ts: float = 0.0  # seconds since the epoch
+    dropped_at_panic: int = 0
 
 
 @dataclass
@@ -89,6 +101,7 @@ class Status:
     waiting: Waiting | None = None
     memory: Memory | None = None
     boot_time: str = ""
+    boot_ts: float = 0.0
     dumps: list[SavedDump] = field(default_factory=list)
     free_bytes: int | None = None
     filesystem: Filesystem | None = None
@@ -99,6 +112,11 @@ class Status:
     selftest: Selftest | None = None
     unit: dict[str, Any] | None = None  # restart.unit_last_run()
     locate_error: str | None = None
+    # The kernel side's own "armed" state where it has one (the kernel module); None:
+    # not known here, and not part of the verdict.
+    armed: bool | None = None
+    verdict: str = ""  # "ready to catch a crash", or what stands in the way
+    verdict_exit: int = 0  # dumpsaver status's exit code (errors.Exit)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -107,10 +125,42 @@ class Status:
         return out
 
 
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 def summary(name: str, info: dict[str, Any]) -> SavedDump:
+    kernel, pages = info.get("kernel"), info.get("pages")
+    kernel = kernel if isinstance(kernel, dict) else {}
+    pages = pages if isinstance(pages, dict) else {}
+    reasons = info.get("incomplete_reasons")
     return SavedDump(clean_text(name, 200), info.get("crash_time"),
                      clean_text(str(info.get("panic", "")), 300), info.get("file_size"),
-                     info.get("complete"), info.get("format"))
+                     info.get("complete"), info.get("format"),
+                     clean_text(str(kernel.get("release", "")), 65),
+                     clean_text(str(kernel.get("nodename", "")), 65), info.get("save_time"),
+                     _int(pages.get("dropped_at_panic")), _int(pages.get("saved")),
+                     [clean_text(str(r), 300) for r in reasons]
+                     if isinstance(reasons, list) else [],
+                     clean_text(str(info.get("dump_id", "")), 100))
+
+
+def judge(s: Status) -> tuple[Exit, str]:
+    """status's verdict: will a crash be caught?  The first that applies wins."""
+    fa = s.failed_attempts or {}
+    count = fa.get("count")
+    if s.waiting is not None and isinstance(count, int) and count >= s.max_attempts \
+            and fa.get("dump_id") == s.waiting.dump_id:
+        return Exit.GAVE_UP, (f"gave up saving dump {s.waiting.dump_id} after {count} "
+                              "failed attempts; it stays in memory")
+    if s.waiting is not None:
+        return Exit.DUMP_WAITING, f"dump {s.waiting.dump_id} is waiting to be saved"
+    if not s.areas:
+        return Exit.NOT_READY, "NOT ready: no dump area, a crash would not be caught"
+    if s.armed is False:
+        return Exit.NOT_ARMED, "NOT ready: the kernel side is not armed"
+    size = sum(a.size for a in s.areas)
+    return Exit.OK, f"ready to catch a crash ({human(size)} dump area)"
 
 
 def saved(dest: Path) -> list[SavedDump]:
@@ -149,9 +199,12 @@ def collect(cfg: Config, where: Where) -> Status:
         out.locate_error = e.message
     for cand in cands:
         area = Area(cand.method, cand.source, [[r.start, r.end] for r in cand.ranges],
-                    cand.header, cand.release_action)
+                    cand.header, cand.release_action,
+                    size=sum(r.end - r.start for r in cand.ranges))
         try:
             mem, dump = open_dump(cand, where.mem)
+        except NoPermissionError:
+            raise  # refused: never "no dump"
         except DumpsaverError as e:
             area.dump = clean_text(e.message, 300)
         else:
@@ -162,12 +215,14 @@ def collect(cfg: Config, where: Where) -> Status:
                         str(h.dump_id), _utc(h.crash_time_ns / 1e9),
                         clean_text(dump.meta.panic, 300), h.dir_offset + h.dir_bytes,
                         h.nr_entries, h.mem_pages * h.page_size, h.truncated,
+                        h.crash_time_ns / 1e9, h.nr_dropped,
                     )
         out.areas.append(area)
     total = psutil.virtual_memory().total
     reserved = sum(r.end - r.start for c in cands for r in c.ranges)
     out.memory = Memory(total, reserved, round(reserved / total, 6) if total else None)
-    out.boot_time = _utc(psutil.boot_time())
+    out.boot_ts = psutil.boot_time()
+    out.boot_time = _utc(out.boot_ts)
     found = saved_dumps(where.dest)  # read once: listed here, judged by the self-test below
     out.dumps = [summary(n, i) for n, i in found]
     out.filesystem = filesystem(where.dest)
@@ -183,4 +238,28 @@ def collect(cfg: Config, where: Where) -> Status:
         out.unit = restart.unit_last_run()
     except Exception:  # no systemd here, or an old pystemd: status still works
         out.unit = None
+    exit_code, out.verdict = judge(out)
+    out.verdict_exit = int(exit_code)
     return out
+
+
+def crash_ts(d: SavedDump) -> float | None:
+    """A saved dump's crash time in seconds since the epoch (None if info.json has none)."""
+    try:
+        return datetime.fromisoformat(str(d.crash_time)).timestamp()
+    except ValueError:
+        return None
+
+
+def select(dumps: list[SavedDump], match: str | None = None, *, since: float | None = None,
+           until: float | None = None) -> list[SavedDump]:  # fmt: skip
+    """The saved dumps a person asked for, oldest first: ``match`` is ``latest``, a prefix
+    of the name, or a dump id; ``since``/``until`` bound the crash time."""
+    out = [d for d in dumps
+           if (since is None or (crash_ts(d) or 0) >= since)
+           and (until is None or (crash_ts(d) or 0) <= until)]
+    if match is None:
+        return out
+    if match == "latest":
+        return out[-1:]
+    return [d for d in out if d.id.startswith(match) or d.dump_id == match]

@@ -33,7 +33,7 @@ tar -C "$src" \
 cp -a "$src/packaging/debian" "$tree/debian"
 
 for f in etc/dumpsaver/dumpsaver.yaml units/tmpfiles.d/dumpsaver.conf docs/man/dumpsaver.8 docs/man/dumpsaver.yaml.5 \
-         units/dumpsaver.service units/dumpsaver.catalog \
+         units/dumpsaver.service units/dumpsaver.catalog completions/dumpsaver \
          units/dumpsaver-upload.service units/dumpsaver-upload.timer; do
     [ -e "$tree/$f" ] || { echo "build-deb.sh: missing $f" >&2; exit 1; }
 done

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dumpsaver import format as fmt
 from dumpsaver import locate
-from dumpsaver.errors import EXIT_CORRUPT
+from dumpsaver.errors import EXIT_CORRUPT, Exit
 
 from .conftest import REPO, hermetic_config, run_cli
 
@@ -69,7 +69,8 @@ def test_status_shows_a_waiting_dump(tmp_path: Path) -> None:
     run_cli("simulate", "--memory", "8M", "--seed", "2", "--panic", "BUG: oops", "--into", str(d))
     r = run_cli("status", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"),
                 "--dest", str(tmp_path / "none"), "--cmdline", "/dev/null")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == Exit.DUMP_WAITING, r.stderr  # for monitoring
+    assert "verdict:     dump " in r.stdout and "is waiting to be saved" in r.stdout
     assert "waiting:     dump " in r.stdout and "panic:     BUG: oops" in r.stdout
     assert "via sysfs" in r.stdout and "release:" in r.stdout and "saved dumps: none" in r.stdout
     r = run_cli("save", "--check", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"),
@@ -97,7 +98,7 @@ def test_expected_failures_are_one_line(tmp_path: Path) -> None:
     r = run_cli("--config", str(cfg), "status")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "'colour'" in r.stderr
     r = run_cli("simulate", "--memory", "lots", "--into", str(tmp_path / "x"))
-    assert r.returncode == 1 and r.stderr.startswith("error: bad size 'lots'")
+    assert r.returncode == 2 and r.stderr.startswith("error: bad size 'lots'")  # usage
     (d / "sys" / "header").write_text("0xnothex\n")
     r = run_cli("save", "--mem", str(d / "mem"), "--sysfs", str(d / "sys"), "--cmdline",
                 "/dev/null", "--dest", str(tmp_path / "d"))
@@ -170,7 +171,9 @@ def test_exit_codes_agree_in_help_and_man_page() -> None:
     # each man entry says what the table's entry says (a key word of it)
     words = {Exit.OK: "Success", Exit.FAILURE: "Failure", Exit.USAGE: "configuration",
              Exit.NO_DUMP: "No dump", Exit.INCOMPLETE: "incomplete", Exit.NO_SPACE: "space",
-             Exit.CORRUPT: "header", Exit.BUSY: "lock", Exit.GAVE_UP: "attempts"}
+             Exit.CORRUPT: "header", Exit.BUSY: "lock", Exit.GAVE_UP: "attempts",
+             Exit.NO_PERMISSION: "ermission denied", Exit.NOT_READY: "No dump area",
+             Exit.DUMP_WAITING: "waiting", Exit.NOT_ARMED: "not armed"}
     for code, word in words.items():
         assert word in entries[str(int(code))], (code, entries[str(int(code))])
 
@@ -181,7 +184,7 @@ def test_cli_under_test_never_reads_the_host_config(tmp_path: Path) -> None:
     (the no-dump fast path and the full one)."""
     r = run_cli("status", "--json", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null")
     s = json.loads(r.stdout)
-    assert r.returncode == 0 and s["config"] == str(hermetic_config())
+    assert r.returncode == Exit.NOT_READY and s["config"] == str(hermetic_config())
     assert s["dump_dir"].startswith(tempfile.gettempdir()), s["dump_dir"]
     r = run_cli("save", "--sysfs", str(tmp_path / "no"), "--cmdline", "/dev/null",
                 env={"DUMPSAVER_CONFIG": os.devnull})

@@ -30,7 +30,8 @@ def test_deb_builds_and_lintian_is_clean(tmp_path: Path) -> None:
                            check=True).stdout
     for path in ("usr/bin/dumpsaver", "lib/systemd/system/dumpsaver.service",
                  "etc/dumpsaver/dumpsaver.yaml", "dumpsaver/writers/elf.py",
-                 "dumpsaver/writers/kdump.py", "man8/dumpsaver.8", "man5/dumpsaver.yaml.5"):
+                 "dumpsaver/writers/kdump.py", "man8/dumpsaver.8", "man5/dumpsaver.yaml.5",
+                 "usr/share/bash-completion/completions/dumpsaver"):
         assert path in files, path
     info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True,
                           check=True).stdout
@@ -51,3 +52,4 @@ def test_rpm_builds(tmp_path: Path) -> None:
                            check=True).stdout
     assert "/usr/bin/dumpsaver" in files and "dumpsaver.service" in files
     assert "/writers/kdump.py" in files
+    assert "/usr/share/bash-completion/completions/dumpsaver" in files

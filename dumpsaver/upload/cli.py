@@ -9,16 +9,16 @@ from typing import Any
 
 from dumpsaver.errors import EXIT_NO_DUMP, EXIT_OK, DumpsaverError
 
+HELP = ("send saved dumps to the configured S3 store and/or ssh destination "
+        "(dumpsaver-upload.service)")
 
-def add_parser(sub: Any) -> None:
-    s = sub.add_parser("upload", help="send saved dumps to the configured S3 store and/or "
-                       "ssh destination (dumpsaver-upload.service)")
+
+def options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dest", type=Path, help="dump directory (default: dump_dir)")
     s.add_argument("--state-dir", type=Path, help="state directory (default: state_dir)")
     s.add_argument("--check", action="store_true",
                    help="only check: exit 0 if a dump is left to send, 3 if not")
     s.add_argument("--json", action="store_true", help="print what was sent as JSON")
-    s.set_defaults(func=run)
 
 
 def add_list_options(p: argparse.ArgumentParser) -> None:

@@ -349,7 +349,7 @@ SELFTEST_SCENARIO = """\
 case "$1" in
 1)
     # writes a simulated dump into the memmap= region, then asks systemd for a reboot
-    dumpsaver test > "$2/test.out" 2>&1
+    dumpsaver test --yes > "$2/test.out" 2>&1  # no terminal to ask on
     sleep 120  # the clean reboot it requests stops us
     ;;
 *)

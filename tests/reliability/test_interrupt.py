@@ -82,11 +82,12 @@ def test_interrupted_between_rename_and_release(machine: Sim, tmp_path: Path) ->
     assert I.header_magic(machine) == fmt.SAVED_MAGIC
 
 
-def test_interrupted_state_update(machine: Sim, tmp_path: Path) -> None:
-    """Killed while recording a failed attempt (dest unusable): the state file is
+def test_interrupted_state_update(machine: Sim, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Killed while recording a failed attempt (the save failed): the state file is
     either the old or the new one, and the next run, once the cause is gone, saves."""
     dest = tmp_path / "dest"
-    dest.write_text("not a directory")  # the cause
+    monkeypatch.setenv("DUMPSAVER_RAISE_AT", "fsync-core")  # the cause
     cfg = tmp_path / "config.yaml"
     cfg.write_text("minfree: 0\n")
     state = tmp_path / "state"
@@ -95,7 +96,7 @@ def test_interrupted_state_update(machine: Sim, tmp_path: Path) -> None:
     assert I.run_forked(argv) == 1  # records the failure this time
     attempts = json.loads((state / "attempts.json").read_text())
     assert attempts["count"] == 1
-    dest.unlink()
+    monkeypatch.delenv("DUMPSAVER_RAISE_AT")
     assert I.run_forked(argv) == 0
     assert not (state / "attempts.json").exists()
     assert len(I.visible_dumps(dest)) == 1

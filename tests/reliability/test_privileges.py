@@ -27,18 +27,21 @@ def _mode(p: Path) -> int:
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
-def test_dumps_are_root_only_whatever_the_umask(machine: Sim, tmp_path: Path,
-                                                umask: int) -> None:  # fmt: skip
+def test_dumps_are_root_only_whatever_the_umask(
+    machine: Sim, tmp_path: Path, umask: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = tmp_path / "var" / "dumps"
     st = tmp_path / "state"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("minfree: 0\n")
     old = os.umask(umask)
     try:
-        (tmp_path / "bad").write_text("x")
-        # a failed attempt first (state file), then the save
-        assert cli.main(I.save_argv(machine, tmp_path / "bad", st, cfg)) == 1
+        # a failed attempt first (state file), then the save (a bad dump directory is
+        # not an attempt: an injected failure of the save is)
+        monkeypatch.setenv("DUMPSAVER_RAISE_AT", "fsync-core")
+        assert cli.main(I.save_argv(machine, dest, st, cfg)) == 1
         assert _mode(st / "attempts.json") == 0o600
+        monkeypatch.delenv("DUMPSAVER_RAISE_AT")
         assert cli.main(I.save_argv(machine, dest, st, cfg)) == 0
     finally:
         os.umask(old)
