@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The dumpsaver module's state, shared by its files. */
+#ifndef DUMPSAVER_H
+#define DUMPSAVER_H
+
+#include <linux/types.h>
+#include <linux/zlib.h>
+#include <linux/elfcore.h>
+#include <linux/mutex.h>
+#include <linux/ptrace.h>
+#include "encode.h"
+
+#define DS_MAX_RAM_RANGES	256
+#define DS_MAX_CPUS		1024
+#define DS_REASON_LEN		160
+#define DS_NOTE_BYTES		(sizeof(struct elf_note) + 8 + \
+				 sizeof(struct elf_prstatus))
+
+struct ds_range {
+	unsigned long start_pfn;	/* first pfn */
+	unsigned long end_pfn;		/* one past the last */
+};
+
+struct ds_zlib {
+	struct z_stream_s s;
+	void *workspace;
+};
+
+struct ds_state {
+	/* The region the dump may be written to (memremap, never claimed). */
+	phys_addr_t start;
+	u64 size;
+	u8 *area;
+
+	bool armed;
+	char reason[DS_REASON_LEN];	/* why not armed, or "" */
+	u32 codec;
+	u32 excluded;
+	int level;
+
+	/* System RAM, read at load: the resource tree is locked at panic. */
+	struct ds_range ram[DS_MAX_RAM_RANGES];
+	int nr_ram;
+	unsigned long mem_pages;	/* highest RAM pfn + 1 */
+
+	struct ds_zlib zpanic;		/* the panic path's workspace */
+	struct ds_zlib zestimate;	/* sysfs estimates (estimate_lock) */
+	struct mutex estimate_lock;
+	void *page_buf;			/* one page, copied before compressing */
+	void *estimate_buf;
+
+	char *vmcoreinfo;		/* the VMCOREINFO text, plus room */
+	size_t vmcoreinfo_len;
+	size_t vmcoreinfo_room;
+
+	void *notes[DS_MAX_CPUS];	/* each CPU's crash_notes, mapped */
+	int nr_notes;
+
+	u8 boot_id[16];
+	u8 dump_id[16];
+	int reboot;			/* 0 never, 1 if panic would hang, 2 always */
+
+	/* Figures of the last run of the panic path (tests, sysfs). */
+	u64 last_entries;
+	u64 last_ns;
+};
+
+extern struct ds_state ds;
+
+/* ram.c */
+int ds_ram_init(void);
+int ds_classify(unsigned long pfn, unsigned long *span);
+void ds_count_classes(u64 counts[DS_NR_CLASSES]);
+bool ds_copy_page(unsigned long pfn, void *dst);
+
+/* compress.c */
+int ds_zlib_init(struct ds_zlib *z, int level);
+void ds_zlib_free(struct ds_zlib *z);
+unsigned int ds_zlib_page(void *ctx, const void *page, unsigned int page_size,
+			  void *dst, unsigned int room);
+
+/* meta.c */
+int ds_meta_init(const char *boot_id, const unsigned long *notes, int n);
+void ds_meta_free(void);
+void ds_meta_write(struct ds_enc *e, const char *panic_msg, u64 crash_ns,
+		   struct pt_regs *regs, u32 *nr_cpus);
+
+/* panic.c */
+int ds_panic_init(void);
+void ds_panic_exit(void);
+u64 ds_estimate(u64 *kept_pages, u64 counts[DS_NR_CLASSES]);
+
+/* sysfs.c */
+int ds_sysfs_init(void);
+void ds_sysfs_exit(void);
+
+#endif /* DUMPSAVER_H */

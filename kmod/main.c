@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dumpsaver: write an in-memory crash dump at panic, for dumpsaver to save
+ * at the next boot (docs/kernel-module.md, docs/format.md).
+ *
+ * Armed at load with the region it may write to.  Everything the panic
+ * path needs is prepared here.  The module refuses to arm (it loads, and
+ * says why in /sys/kernel/dumpsaver/reason) over a region that holds an
+ * unsaved dump, or that is not reserved memory: ordinary RAM in use, or
+ * anything else the resource tree does not show as Reserved.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/io.h>
+#include <linux/ioport.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include "dumpsaver.h"
+
+struct ds_state ds;
+
+static unsigned long region_start;
+module_param(region_start, ulong, 0444);
+MODULE_PARM_DESC(region_start, "Physical address of the dump region (page aligned)");
+
+static unsigned long region_size;
+module_param(region_size, ulong, 0444);
+MODULE_PARM_DESC(region_size, "Length of the dump region in bytes (whole pages)");
+
+static char *codec = "zlib";
+module_param(codec, charp, 0444);
+MODULE_PARM_DESC(codec, "Per-page compression: zlib (the only one built so far)");
+
+static int level = 1;
+module_param(level, int, 0444);
+MODULE_PARM_DESC(level, "zlib compression level, 1 (fastest, default) to 9");
+
+static uint exclude = DS_DEFAULT_EXCLUDED;
+module_param(exclude, uint, 0444);
+MODULE_PARM_DESC(exclude, "Mask of page classes not saved (docs/format.md; default 0x78: free, user, cache)");
+
+static char *boot_id;
+module_param(boot_id, charp, 0444);
+MODULE_PARM_DESC(boot_id, "This boot's /proc/sys/kernel/random/boot_id, recorded in the dump");
+
+static unsigned long crash_notes[DS_MAX_CPUS];
+static int nr_crash_notes;
+module_param_array(crash_notes, ulong, &nr_crash_notes, 0444);
+MODULE_PARM_DESC(crash_notes, "Physical address of each CPU's crash_notes, in CPU order (/sys/devices/system/cpu/cpuN/crash_notes)");
+
+static int reboot = 1;
+module_param(reboot, int, 0444);
+MODULE_PARM_DESC(reboot, "Emergency restart after writing: 0 never, 1 when panic would hang (panic=0, default), 2 always");
+
+static void ds_refuse(const char *why)
+{
+	strscpy(ds.reason, why, sizeof(ds.reason));
+	pr_warn("not armed: %s\n", why);
+}
+
+/* The region must be reserved memory, no part of it System RAM. */
+static bool ds_region_safe(void)
+{
+	if (region_intersects(ds.start, ds.size, IORESOURCE_SYSTEM_RAM,
+			      IORES_DESC_NONE) != REGION_DISJOINT) {
+		ds_refuse("the region overlaps System RAM in use by the kernel");
+		return false;
+	}
+	if (region_intersects(ds.start, ds.size, IORESOURCE_MEM,
+			      IORES_DESC_RESERVED) != REGION_INTERSECTS) {
+		ds_refuse("the region is not reserved memory (memmap=SIZE$ADDR)");
+		return false;
+	}
+	return true;
+}
+
+static int ds_check_params(void)
+{
+	if (!region_size || !PAGE_ALIGNED(region_start) ||
+	    !PAGE_ALIGNED(region_size) || region_start + region_size < region_start) {
+		pr_err("region_start and region_size must be given, page aligned\n");
+		return -EINVAL;
+	}
+	if (strcmp(codec, "zlib")) {
+		pr_err("codec %s is not supported (zlib is)\n", codec);
+		return -EINVAL;
+	}
+	if (level < 1 || level > 9 || exclude >> DS_NR_CLASSES ||
+	    reboot < 0 || reboot > 2) {
+		pr_err("level is 1-9, exclude below 0x100, reboot 0-2\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void ds_release(void)
+{
+	ds_meta_free();
+	ds_zlib_free(&ds.zpanic);
+	ds_zlib_free(&ds.zestimate);
+	kfree(ds.page_buf);
+	kfree(ds.estimate_buf);
+	if (ds.area)
+		memunmap(ds.area);
+}
+
+static int __init ds_init(void)
+{
+	int ret = ds_check_params();
+
+	if (ret)
+		return ret;
+	mutex_init(&ds.estimate_lock);
+	ds.start = region_start;
+	ds.size = region_size;
+	ds.codec = DS_CODEC_ZLIB;
+	ds.level = level;
+	ds.excluded = exclude;
+	ds.reboot = reboot;
+
+	ret = ds_ram_init();
+	if (ret) {
+		pr_err("cannot read the System RAM ranges (%d)\n", ret);
+		return ret;
+	}
+	ret = -ENOMEM;
+	ds.page_buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	ds.estimate_buf = kmalloc(2 * PAGE_SIZE, GFP_KERNEL);
+	if (!ds.page_buf || !ds.estimate_buf)
+		goto fail;
+	ret = ds_zlib_init(&ds.zpanic, level);
+	if (!ret)
+		ret = ds_zlib_init(&ds.zestimate, level);
+	if (!ret)
+		ret = ds_meta_init(boot_id, crash_notes, nr_crash_notes);
+	if (ret) {
+		pr_err("cannot prepare the panic path (%d)\n", ret);
+		goto fail;
+	}
+
+	if (ds_region_safe()) {
+		ds.area = memremap(ds.start, ds.size, MEMREMAP_WB);
+		if (!ds.area)
+			ds_refuse("cannot map the region");
+		else if (ds_header_valid(ds.area, ds.size))
+			ds_refuse("an unsaved dump is in the region: save it first");
+		else
+			ds.armed = true;
+	}
+	ret = ds_sysfs_init();
+	if (ret)
+		goto fail;
+	ret = ds_panic_init();
+	if (ret) {
+		ds_sysfs_exit();
+		goto fail;
+	}
+	if (ds.armed)
+		pr_info("armed: %llu MiB at %pa, zlib, %d CPU notes\n",
+			ds.size >> 20, &ds.start, ds.nr_notes);
+	return 0;
+fail:
+	ds_release();
+	return ret;
+}
+
+static void __exit ds_exit(void)
+{
+	ds_panic_exit();
+	ds_sysfs_exit();
+	ds_release();
+}
+
+module_init(ds_init);
+module_exit(ds_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Write an in-memory crash dump at panic for dumpsaver");
+MODULE_AUTHOR("dumpsaver developers");
