@@ -21,6 +21,8 @@ APT_PACKAGES=(
   python3-systemd python3-pystemd python3-psutil python3-yaml python3-zstandard python3-lz4
   # failing disks for the reliability tests
   dmsetup fuse3 util-linux
+  # the kernel module (kmod/): its headers, DKMS packaging, the user-space encoder test
+  linux-headers-amd64 make zlib1g-dev kmod dkms dh-dkms
 )
 
 missing=()
@@ -33,6 +35,22 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The kernel's checkpatch.pl for tests/test_kmod_build.py: Debian ships it only inside
+# linux-source's 139 MB tarball; keep the three files it reads, once, in .venv.
+checkpatch_dir=.venv/checkpatch
+fetch_checkpatch() {
+  local tmp src
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt downloads as _apt
+  (cd "$tmp" && apt-get download -qq linux-source-6.1 >/dev/null)
+  src=$(dpkg-deb -c "$tmp"/linux-source-6.1_*.deb | grep -o '\./usr/src/linux-source-6.1\.tar\.xz')
+  dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.1_*.deb | tar -C "$tmp" -x "$src"
+  tar -xJf "$tmp/$src" --strip-components=2 -C "$PWD/$checkpatch_dir" \
+    linux-source-6.1/scripts/checkpatch.pl linux-source-6.1/scripts/spelling.txt \
+    linux-source-6.1/scripts/const_structs.checkpatch
+  rm -rf "$tmp"
+}
 
 PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
@@ -49,4 +67,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   touch "$stamp"
+fi
+
+if [ ! -f "$checkpatch_dir/checkpatch.pl" ]; then
+  echo "bootstrap: extracting checkpatch.pl from linux-source-6.1" >&2
+  mkdir -p "$checkpatch_dir"
+  fetch_checkpatch || { rm -rf "$checkpatch_dir"; echo "bootstrap: no checkpatch.pl" >&2; exit 1; }
 fi
