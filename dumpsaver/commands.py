@@ -311,6 +311,9 @@ def _status(ctx: Ctx) -> dict[str, Any]:
         out["selftest"] = {"ok": v.ok, "result": v.text, "dump_id": rec.get("dump_id")}
     else:
         out["selftest"] = None
+    from dumpsaver import arm
+
+    out["armed"] = arm.armed_state(estimate=True).as_dict()
     out["unit"] = None
     try:
         from dumpsaver import restart
@@ -356,6 +359,9 @@ def cmd_status(ctx: Ctx) -> int:
     if free is not None and free < s["minfree"]:
         p("             WARNING: free space is below minfree: a dump would not be saved")
     p(f"after save:  {s['restart']}")
+    from dumpsaver import arm
+
+    p(f"panic side:  {arm.ArmedState(**s['armed']).line()}")
     t = s["selftest"]
     if t:
         p(f"self-test:   {'PASSED' if t['ok'] else 'NOT PASSED'}: {t['result']}")
@@ -436,6 +442,10 @@ def cmd_test(ctx: Ctx) -> int:
             "no reserved region to test with",
             hint="boot with memmap=16M$0x30000000 (or name a region in the configuration)",
         )
+    from dumpsaver import arm
+
+    if arm.disarm():  # the module maps the region: no second writer beside it
+        print("dumpsaver: disarmed the panic-side module (the next boot re-arms it)")
     rec = selftest.start(cands[0], ctx.mem, ctx.state_dir, memory=parse_size(ctx.args.memory))
     print(f"dumpsaver: wrote test dump {rec['dump_id']} ({rec['saved_pages']} pages) into "
           f"{cands[0].source}")
@@ -556,6 +566,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target-region", metavar="START:SIZE",
                    help="the reserved region of --target-mem to write into")
     s.set_defaults(func=cmd_simulate)
+
+    from dumpsaver import arm
+
+    arm.add_parsers(sub, _add_location)
     return p
 
 
