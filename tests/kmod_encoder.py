@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,13 +147,15 @@ def run_c(dsenc: Path, job: Job, mem: Path) -> dict[str, Any]:
     return stats
 
 
-def run_py(job: Job, mem: Path) -> fmt.Header:
+def run_py(job: Job, mem: Path,
+           pages: Iterable[tuple[int, bytes]] | None = None) -> fmt.Header:
     """Encode with dumpsaver's Python encoder into the same place."""
     with open(mem, "wb") as f:
         f.truncate(PADDR + job.area_size)
     with PhysMem(str(mem), [Range(PADDR, PADDR + job.area_size)], writable=True) as pm:
         return encode_dump(
-            LogicalStream(pm, [(PADDR, job.area_size)]), job.pages(),
+            LogicalStream(pm, [(PADDR, job.area_size)]),
+            job.pages() if pages is None else pages,
             page_size=job.machine.page_size, mem_pages=job.machine.pages, codec=Codec.ZLIB,
             meta=job.meta, excluded=job.excluded, class_pages=job.class_pages,
             crash_time_ns=job.crash_ns, boot_id=job.boot_id, dump_id=job.dump_id,
