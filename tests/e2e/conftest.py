@@ -15,11 +15,13 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+import debug_tools  # noqa: E402
 import image as guest_image  # noqa: E402
 import qemu  # noqa: E402
-import vmlinux as debug_vmlinux  # noqa: E402
 
 TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
@@ -174,10 +176,10 @@ def real_guest(
 @pytest.fixture(scope="session")
 def vmlinux(
     base_rootfs: guest_image.BaseRootfs, e2e_timings: dict[str, float]
-) -> debug_vmlinux.Vmlinux:
+) -> debug_tools.Vmlinux:
     """The guest kernel's vmlinux with debug info (downloaded once, then cached)."""
     t0 = time.monotonic()
-    v = debug_vmlinux.ensure_vmlinux(
+    v = debug_tools.ensure_vmlinux(
         guest_image.default_cache_dir(), base_rootfs.release, base_rootfs.version
     )
     e2e_timings["vmlinux_s"] = round(time.monotonic() - t0, 1)
@@ -193,5 +195,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _publish_timings(request: pytest.FixtureRequest, e2e_timings: dict[str, float]) -> None:
+def _publish_timings(
+    request: pytest.FixtureRequest, e2e_timings: dict[str, float]
+) -> Iterator[None]:
     request.config._e2e_timings = e2e_timings  # type: ignore[attr-defined]
+    yield
+    work = os.environ.get("DUMPSAVER_E2E_WORK")
+    if e2e_timings and work:  # whichever test files ran: their figures, kept
+        (Path(work) / "timings.json").write_text(json.dumps(e2e_timings, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def crash_cmd(e2e_timings: dict[str, float]) -> list[str]:
+    """trixie's crash, run from the cache (bookworm's cannot list this kernel's tasks)."""
+    t0 = time.monotonic()
+    cmd = debug_tools.ensure_crash(guest_image.default_cache_dir())
+    e2e_timings["crash_tool_s"] = round(time.monotonic() - t0, 1)
+    return cmd

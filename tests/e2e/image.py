@@ -213,15 +213,13 @@ def build_session_image(
     size: str = "2048M",
     name: str = "base.img",
     extra_debs: tuple[Path, ...] = (),
-    dkms_src: Path | None = None,
     test_modules: tuple[Path, ...] = (),
 ) -> GuestImage:
     """Copy the base rootfs, install the .deb(s) and the e2e runner, make an ext4 image.
 
     ``extra_debs`` are installed with the main one in a single ``dpkg -i`` (a
     dumpsaver-dkms package builds its module for the guest kernel right there, in its
-    postinst, as apt does on a user's machine).  ``dkms_src`` is the by-hand equivalent
-    for a module tree with a dkms.conf but no package yet.  Each of ``test_modules``
+    postinst, as apt does on a user's machine).  Each of ``test_modules``
     is a kbuild directory built against the guest kernel's headers in the chroot; its
     .ko goes to /usr/local/lib/e2e/ in the guest and is copied out as an artifact.
     """
@@ -237,8 +235,6 @@ def build_session_image(
         _chroot(root, "dpkg", "-i", *(f"/tmp/{d.name}" for d in debs))
         for d in debs:
             (root / "tmp" / d.name).unlink()
-        if dkms_src is not None:
-            _dkms_by_hand(root, dkms_src, base.release)
         for src in test_modules:
             artifacts.update(_build_test_module(root, src, base.release, out_dir))
         install_runner(root)
@@ -264,19 +260,6 @@ def _chroot(root: Path, *cmd: str) -> None:
         env=env,
         stdout=sys.stderr,
     )
-
-
-def _dkms_by_hand(root: Path, src: Path, release: str) -> None:
-    """``dkms install`` of a module tree that has a dkms.conf (what the package will do)."""
-    conf = (src / "dkms.conf").read_text()
-    fields = dict(
-        line.split("=", 1) for line in conf.splitlines() if "=" in line and not line.startswith("#")
-    )
-    name = fields["PACKAGE_NAME"].strip().strip('"')
-    version = fields["PACKAGE_VERSION"].strip().strip('"')
-    dest = root / "usr/src" / f"{name}-{version}"
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.cmd", ".*"))
-    _chroot(root, "dkms", "install", "-m", name, "-v", version, "-k", release)
 
 
 def _build_test_module(root: Path, src: Path, release: str, out_dir: Path) -> dict[str, Path]:

@@ -26,7 +26,8 @@ def cmdline(start: int = RESERVED_START, size: int = RESERVED_SIZE) -> list[str]
         "rw",
         memmap(start, size),
         "panic=1",
-        "panic_on_oops=1",
+        # (6.1 has no panic_on_oops= boot parameter: it is the sysctl, or oops=panic)
+        "oops=panic",
         "mitigations=off",
         "loglevel=4",
     ]

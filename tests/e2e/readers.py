@@ -28,6 +28,7 @@ class CrashSession:
 
 
 def run_crash(
+    crash: list[str],
     vmlinux: Path,
     vmcore: Path,
     commands: dict[str, str],
@@ -36,6 +37,8 @@ def run_crash(
     timeout: float = 300,
 ) -> CrashSession:
     """Run ``crash -s vmlinux vmcore`` once, with ``commands`` ({name: command}).
+
+    ``crash`` is the command that starts crash (e.g. ``["crash"]``).
 
     Each command's output is redirected by crash itself into ``workdir/<name>.out``,
     so one session (the slow part is loading ~600 MB of debug info) answers them all.
@@ -50,7 +53,7 @@ def run_crash(
     script = "\n".join(lines) + "\n"
     (workdir / "commands").write_text(script)
     r = subprocess.run(
-        ["crash", "-s", "--no_scroll", str(vmlinux), str(vmcore)],
+        [*crash, "-s", "--no_scroll", str(vmlinux), str(vmcore)],
         input=script,
         capture_output=True,
         text=True,
@@ -126,3 +129,11 @@ def run_makedumpfile(vmcore: Path, out: Path, *, level: int = 31) -> str:
     if r.returncode != 0:
         raise AssertionError(f"makedumpfile -d {level} failed (rc {r.returncode}):\n{text}")
     return text
+
+
+def makedumpfile_counts(messages: str) -> dict[str, int]:
+    """The page counts of makedumpfile's report (``--message-level 31``), by label."""
+    counts = {}
+    for m in re.finditer(r"^\s*([A-Za-z][\w -]*?)\s*:\s*0x([0-9a-f]+)\s*$", messages, re.M):
+        counts[m.group(1)] = int(m.group(2), 16)
+    return counts
