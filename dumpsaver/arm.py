@@ -31,6 +31,7 @@ from dumpsaver.locate import Candidate
 from dumpsaver.sizes import human
 
 MODULE = "dumpsaver"
+CODECS = ("zlib", "lz4", "zstd")  # lz4 and zstd: dumpsaver_lz4.ko, dumpsaver_zstd.ko
 REBOOT = {"never": 0, "hang": 1, "always": 2}
 SECURE_BOOT_HINT = (
     "under Secure Boot the kernel loads only signed modules: enroll a MOK "
@@ -144,10 +145,12 @@ def crash_notes(cpus: Path) -> list[int]:
 
 
 def module_params(region: tuple[int, int], *, boot_id: str, notes: Sequence[int],
-                  reboot: str = "hang") -> list[str]:
+                  reboot: str = "hang", codec: str = "zlib") -> list[str]:
     """The module's parameters (kmod/README.md) for ``region`` (start, size)."""
     params = [f"region_start={region[0]:#x}", f"region_size={region[1]:#x}",
               f"reboot={REBOOT[reboot]}"]
+    if codec != "zlib":
+        params.append(f"codec={codec}")
     if re.fullmatch(r"[0-9a-fA-F-]{36}", boot_id):
         params.append(f"boot_id={boot_id}")
     if notes:
@@ -189,6 +192,7 @@ def arm(
     paths: KernelPaths | None = None,
     module: Path | None = None,
     reboot: str = "hang",
+    codec: str = "zlib",
     runner: Runner = run,
 ) -> ArmedState:
     """Arm the panic side over the first reserved region of ``cands``."""
@@ -217,8 +221,17 @@ def arm(
         p.post_notifiers.write_text("Y\n")
     except OSError as e:
         raise DumpsaverError(f"cannot set {p.post_notifiers}: {e.strerror}") from None
+    if codec not in CODECS:
+        raise DumpsaverError(f"unknown codec {codec!r}", hint=", ".join(CODECS))
     params = module_params((region.start, region.size), boot_id=_read(p.boot_id) or "",
-                           notes=crash_notes(p.cpus), reboot=reboot)
+                           notes=crash_notes(p.cpus), reboot=reboot, codec=codec)
+    if codec != "zlib":  # the codec's module first: dumpsaver.ko takes its ops at load
+        name = f"{MODULE}_{codec}"
+        if module is None:
+            runner(["modprobe", name])
+        elif not (p.module.parent / name).exists():
+            runner(["modprobe", f"{codec}_compress"])
+            runner(["insmod", str(module.with_name(f"{name}.ko"))])
     runner(["insmod", str(module), *params] if module else ["modprobe", MODULE, *params])
     st = armed_state(p)
     if not st.armed:
@@ -238,13 +251,17 @@ def add_parsers(sub: Any, add_location: Callable[[argparse.ArgumentParser], None
     s.add_argument("--reboot", choices=tuple(REBOOT), default="hang",
                    help="after writing the dump: reboot never, only when panic() would hang "
                    "(panic=0), or always (default: %(default)s)")
+    s.add_argument("--codec", choices=CODECS, default="zlib",
+                   help="per-page compression at panic (default: %(default)s; lz4 is faster, "
+                   "zstd smaller)")
     s.set_defaults(func=cmd_arm)
     s = sub.add_parser("disarm", help="unload the panic-side kernel module")
     s.set_defaults(func=cmd_disarm)
 
 
 def cmd_arm(ctx: Any) -> int:
-    st = arm(ctx.candidates(), ctx.mem, module=ctx.args.module, reboot=ctx.args.reboot)
+    a = ctx.args
+    st = arm(ctx.candidates(), ctx.mem, module=a.module, reboot=a.reboot, codec=a.codec)
     print(f"dumpsaver: {st.line()}")
     return 0
 

@@ -4,11 +4,11 @@
 #define DUMPSAVER_H
 
 #include <linux/types.h>
-#include <linux/zlib.h>
 #include <linux/elfcore.h>
 #include <linux/mutex.h>
 #include <linux/ptrace.h>
 #include "encode.h"
+#include "codec.h"
 
 #define DS_MAX_RAM_RANGES	256
 #define DS_MAX_CPUS		1024
@@ -21,9 +21,9 @@ struct ds_range {
 	unsigned long end_pfn;		/* one past the last */
 };
 
-struct ds_zlib {
-	struct z_stream_s s;
+struct ds_compressor {
 	void *workspace;
+	void *ctx;			/* what the codec's init() returned */
 };
 
 struct ds_state {
@@ -43,8 +43,8 @@ struct ds_state {
 	int nr_ram;
 	unsigned long mem_pages;	/* highest RAM pfn + 1 */
 
-	struct ds_zlib zpanic;		/* the panic path's workspace */
-	struct ds_zlib zestimate;	/* sysfs estimates (estimate_lock) */
+	struct ds_compressor zpanic;	/* the panic path's workspace */
+	struct ds_compressor zestimate;	/* sysfs estimates (estimate_lock) */
 	struct mutex estimate_lock;
 	void *page_buf;			/* one page, copied before compressing */
 	void *estimate_buf;
@@ -74,10 +74,15 @@ void ds_count_classes(u64 counts[DS_NR_CLASSES]);
 bool ds_copy_page(unsigned long pfn, void *dst);
 
 /* compress.c */
-int ds_zlib_init(struct ds_zlib *z, int level);
-void ds_zlib_free(struct ds_zlib *z);
-unsigned int ds_zlib_page(void *ctx, const void *page, unsigned int page_size,
-			  void *dst, unsigned int room);
+const char *ds_codec_name(u32 codec);
+int ds_codec_parse(const char *name);
+int ds_codec_get(u32 codec);
+void ds_codec_put(void);
+int ds_compressor_init(struct ds_compressor *c, int level);
+void ds_compressor_free(struct ds_compressor *c);
+unsigned int ds_compress_page(void *ctx, const void *page,
+			      unsigned int page_size, void *dst,
+			      unsigned int room);
 
 /* meta.c */
 int ds_meta_init(const char *boot_id, const unsigned long *notes, int n);

@@ -31,11 +31,11 @@ MODULE_PARM_DESC(region_size, "Length of the dump region in bytes (whole pages)"
 
 static char *codec = "zlib";
 module_param(codec, charp, 0444);
-MODULE_PARM_DESC(codec, "Per-page compression: zlib (the only one built so far)");
+MODULE_PARM_DESC(codec, "Per-page compression: zlib (default), lz4 or zstd (load dumpsaver_lz4 or dumpsaver_zstd first)");
 
 static int level = 1;
 module_param(level, int, 0444);
-MODULE_PARM_DESC(level, "zlib compression level, 1 (fastest, default) to 9");
+MODULE_PARM_DESC(level, "Compression level: zlib 1 (fastest, default) to 9, zstd 1 to 19; lz4 has none");
 
 static uint exclude = DS_DEFAULT_EXCLUDED;
 module_param(exclude, uint, 0444);
@@ -83,14 +83,20 @@ static int ds_check_params(void)
 		pr_err("region_start and region_size must be given, page aligned\n");
 		return -EINVAL;
 	}
-	if (strcmp(codec, "zlib")) {
-		pr_err("codec %s is not supported (zlib is)\n", codec);
+	ds.codec = ds_codec_parse(codec);
+	if ((int)ds.codec < 0) {
+		pr_err("unknown codec %s (zlib, lz4, zstd)\n", codec);
 		return -EINVAL;
 	}
-	if (level < 1 || level > 9 || exclude >> DS_NR_CLASSES ||
-	    reboot < 0 || reboot > 2) {
-		pr_err("level is 1-9, exclude below 0x100, reboot 0-2\n");
+	if (level < 1 || level > (ds.codec == DS_CODEC_ZLIB ? 9 : 19) ||
+	    exclude >> DS_NR_CLASSES || reboot < 0 || reboot > 2) {
+		pr_err("level is 1-9 (zstd 1-19), exclude below 0x100, reboot 0-2\n");
 		return -EINVAL;
+	}
+	if (ds_codec_get(ds.codec)) {
+		pr_err("codec %s needs its module loaded first (modprobe dumpsaver_%s)\n",
+		       codec, codec);
+		return -ENOENT;
 	}
 	return 0;
 }
@@ -98,8 +104,9 @@ static int ds_check_params(void)
 static void ds_release(void)
 {
 	ds_meta_free();
-	ds_zlib_free(&ds.zpanic);
-	ds_zlib_free(&ds.zestimate);
+	ds_compressor_free(&ds.zpanic);
+	ds_compressor_free(&ds.zestimate);
+	ds_codec_put();
 	kfree(ds.page_buf);
 	kfree(ds.estimate_buf);
 	if (ds.area)
@@ -115,7 +122,6 @@ static int __init ds_init(void)
 	mutex_init(&ds.estimate_lock);
 	ds.start = region_start;
 	ds.size = region_size;
-	ds.codec = DS_CODEC_ZLIB;
 	ds.level = level;
 	ds.excluded = exclude;
 	ds.reboot = reboot;
@@ -123,16 +129,16 @@ static int __init ds_init(void)
 	ret = ds_ram_init();
 	if (ret) {
 		pr_err("cannot read the System RAM ranges (%d)\n", ret);
-		return ret;
+		goto fail;
 	}
 	ret = -ENOMEM;
 	ds.page_buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
 	ds.estimate_buf = kmalloc(2 * PAGE_SIZE, GFP_KERNEL);
 	if (!ds.page_buf || !ds.estimate_buf)
 		goto fail;
-	ret = ds_zlib_init(&ds.zpanic, level);
+	ret = ds_compressor_init(&ds.zpanic, level);
 	if (!ret)
-		ret = ds_zlib_init(&ds.zestimate, level);
+		ret = ds_compressor_init(&ds.zestimate, level);
 	if (!ret)
 		ret = ds_meta_init(boot_id, crash_notes, nr_crash_notes);
 	if (ret) {
@@ -158,8 +164,9 @@ static int __init ds_init(void)
 		goto fail;
 	}
 	if (ds.armed)
-		pr_info("armed: %llu MiB at %pa, zlib, %d CPU notes\n",
-			ds.size >> 20, &ds.start, ds.nr_notes);
+		pr_info("armed: %llu MiB at %pa, %s, %d CPU notes\n",
+			ds.size >> 20, &ds.start, ds_codec_name(ds.codec),
+			ds.nr_notes);
 	return 0;
 fail:
 	ds_release();

@@ -72,7 +72,7 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 		.size = ds.size,
 		.paddr = ds.start,
 		.page_size = PAGE_SIZE,
-		.compress = ds_zlib_page,
+		.compress = ds_compress_page,
 		.compress_ctx = &ds.zpanic,
 	};
 	struct pt_regs regs;
@@ -150,8 +150,9 @@ u64 ds_estimate(u64 *kept_pages, u64 counts[DS_NR_CLASSES])
 				sampled++;
 				if (!memchr_inv(src, 0, PAGE_SIZE))
 					continue;
-				n = ds_zlib_page(&ds.zestimate, src, PAGE_SIZE,
-						 dst, PAGE_SIZE - 1);
+				n = ds_compress_page(&ds.zestimate, src,
+						     PAGE_SIZE, dst,
+						     PAGE_SIZE - 1);
 				bytes += n ? n : PAGE_SIZE;
 			}
 			cond_resched();

@@ -36,7 +36,7 @@ static ssize_t region_show(struct kobject *k, struct kobj_attribute *a,
 static ssize_t codec_show(struct kobject *k, struct kobj_attribute *a,
 			  char *buf)
 {
-	return sysfs_emit(buf, "zlib\n");
+	return sysfs_emit(buf, "%s\n", ds_codec_name(ds.codec));
 }
 
 static ssize_t excluded_show(struct kobject *k, struct kobj_attribute *a,

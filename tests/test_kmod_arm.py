@@ -49,12 +49,16 @@ class FakeKernel:
             self.paths.state.rmdir()
             self.paths.module.rmdir()
             return
+        if argv[1] in ("dumpsaver_lz4", "dumpsaver_zstd", "lz4_compress") or \
+                argv[1].endswith("dumpsaver_lz4.ko"):
+            return  # a codec module
         params = dict(a.split("=", 1) for a in argv[2:])
         start, size = int(params["region_start"], 16), int(params["region_size"], 16)
         self.paths.module.mkdir(parents=True)
         self.paths.state.mkdir(parents=True)
-        files = {"armed": "0" if self.refuse else "1", "reason": self.refuse, "codec": "zlib",
+        files = {"armed": "0" if self.refuse else "1", "reason": self.refuse,
                  "region": f"{start:016x}-{start + size - 1:016x}",
+                 "codec": params.get("codec", "zlib"),
                  "estimate": "kept_pages 40000\nestimate_bytes 60000000\n"
                              "region_bytes 16777216\nkernel_text 9000\n"}
         for k, v in files.items():
@@ -82,6 +86,20 @@ def test_arm_loads_the_module_with_the_region(tmp_path: Path) -> None:
     arm.arm(found, mem, paths=k.paths, runner=k.run, module=Path("/tmp/x.ko"), reboot="always")
     assert k.calls[1] == ["rmmod", "dumpsaver"]
     assert k.calls[2][:2] == ["insmod", "/tmp/x.ko"] and "reboot=2" in k.calls[2]
+
+
+def test_arm_with_a_codec_module(tmp_path: Path) -> None:
+    """lz4 and zstd live in their own modules, loaded before dumpsaver.ko."""
+    k = FakeKernel(tmp_path / "k")
+    found, mem = cands(tmp_path)
+    st = arm.arm(found, mem, paths=k.paths, runner=k.run, codec="zstd")
+    assert k.calls[0] == ["modprobe", "dumpsaver_zstd"]
+    assert "codec=zstd" in k.calls[1] and st.codec == "zstd"
+    k.calls.clear()
+    arm.arm(found, mem, paths=k.paths, runner=k.run, codec="lz4", module=Path("/b/dumpsaver.ko"))
+    assert k.calls[1:3] == [["modprobe", "lz4_compress"], ["insmod", "/b/dumpsaver_lz4.ko"]]
+    with pytest.raises(DumpsaverError, match="unknown codec"):
+        arm.arm(found, mem, paths=k.paths, runner=k.run, codec="lzo")
 
 
 def test_state_with_estimate(tmp_path: Path) -> None:
