@@ -21,6 +21,12 @@ struct ds_range {
 	unsigned long end_pfn;		/* one past the last */
 };
 
+struct ds_ram {
+	struct ds_range range[DS_MAX_RAM_RANGES];
+	int nr;
+	unsigned long mem_pages;	/* highest RAM pfn + 1 */
+};
+
 struct ds_compressor {
 	void *workspace;
 	void *ctx;			/* what the codec's init() returned */
@@ -38,10 +44,14 @@ struct ds_state {
 	u32 excluded;
 	int level;
 
-	/* System RAM, read at load: the resource tree is locked at panic. */
-	struct ds_range ram[DS_MAX_RAM_RANGES];
-	int nr_ram;
-	unsigned long mem_pages;	/* highest RAM pfn + 1 */
+	/*
+	 * System RAM, read at load and after memory hotplug (the resource
+	 * tree may be locked at panic): two tables, the current one published
+	 * by pointer so that a panic during a refresh reads a whole table.
+	 */
+	struct ds_ram ram_tables[2];
+	struct ds_ram *ram;
+	struct mutex ram_lock;
 
 	struct ds_compressor zpanic;	/* the panic path's workspace */
 	struct ds_compressor zestimate;	/* sysfs estimates (estimate_lock) */
@@ -68,8 +78,12 @@ struct ds_state {
 extern struct ds_state ds;
 
 /* ram.c */
+typedef bool (*ds_run_fn)(unsigned long pfn, unsigned long n, int class,
+			  void *arg);
 int ds_ram_init(void);
-int ds_classify(unsigned long pfn, unsigned long *span);
+void ds_ram_exit(void);
+unsigned long ds_mem_pages(void);
+bool ds_walk(ds_run_fn fn, void *arg);
 void ds_count_classes(u64 counts[DS_NR_CLASSES]);
 bool ds_copy_page(unsigned long pfn, void *dst);
 

@@ -103,6 +103,7 @@ static int ds_check_params(void)
 
 static void ds_release(void)
 {
+	ds_ram_exit();
 	ds_meta_free();
 	ds_compressor_free(&ds.zpanic);
 	ds_compressor_free(&ds.zestimate);

@@ -25,30 +25,28 @@ static const u8 ds_priority[DS_NR_CLASSES] = {
 
 static atomic_t ds_ran = ATOMIC_INIT(0);
 
-/* Write every page of @class; false once the area is full. */
-static bool ds_write_class(struct ds_enc *e, int class)
+struct ds_pass {
+	struct ds_enc *e;
+	int class;
+	unsigned long n;
+};
+
+/* Write the pages of one class; false (the walk stops) once the area is full. */
+static bool ds_write_run(unsigned long pfn, unsigned long n, int class,
+			 void *arg)
 {
-	unsigned long pfn, span, k, n = 0;
-	int i;
+	struct ds_pass *p = arg;
+	unsigned long k;
 
-	for (i = 0; i < ds.nr_ram; i++) {
-		for (pfn = ds.ram[i].start_pfn; pfn < ds.ram[i].end_pfn;
-		     pfn += span) {
-			int c = ds_classify(pfn, &span);
-
-			span = min(span, ds.ram[i].end_pfn - pfn);
-			if (c != class)
-				continue;
-			for (k = 0; k < span; k++) {
-				if (!ds_copy_page(pfn + k, ds.page_buf))
-					continue;
-				if (ds_enc_page(e, pfn + k, ds.page_buf))
-					return false;
-				if (!(++n & 0x3ff))
-					touch_nmi_watchdog();
-			}
-		}
-		touch_nmi_watchdog();
+	if (class != p->class)
+		return true;
+	for (k = 0; k < n; k++) {
+		if (!ds_copy_page(pfn + k, ds.page_buf))
+			continue;
+		if (ds_enc_page(p->e, pfn + k, ds.page_buf))
+			return false;
+		if (!(++p->n & 0x3ff))
+			touch_nmi_watchdog();
 	}
 	return true;
 }
@@ -93,11 +91,14 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 
 	ds_count_classes(info.class_pages);
 	info.selected = ds_selected(info.class_pages);
-	for (i = 0; i < DS_NR_CLASSES && !e.full; i++)
-		if (!(ds.excluded & BIT(ds_priority[i])))
-			ds_write_class(&e, ds_priority[i]);
+	for (i = 0; i < DS_NR_CLASSES && !e.full; i++) {
+		struct ds_pass pass = { .e = &e, .class = ds_priority[i] };
 
-	info.mem_pages = ds.mem_pages;
+		if (!(ds.excluded & BIT(pass.class)))
+			ds_walk(ds_write_run, &pass);
+	}
+
+	info.mem_pages = ds_mem_pages();
 	info.excluded = ds.excluded;
 	memcpy(info.dump_id, ds.dump_id, 16);
 	memcpy(info.boot_id, ds.boot_id, 16);
@@ -121,48 +122,52 @@ static struct notifier_block ds_panic_nb = {
 	.priority = INT_MIN,	/* after the other notifiers */
 };
 
+struct ds_sample {
+	u64 kept, sampled, bytes;
+};
+
+/* Count the kept pages; compress one in 16 (process context). */
+static bool ds_sample_run(unsigned long pfn, unsigned long n, int class,
+			  void *arg)
+{
+	struct ds_sample *s = arg;
+	u8 *src = ds.estimate_buf, *dst = src + PAGE_SIZE;
+	unsigned long k;
+	unsigned int len;
+
+	if (ds.excluded & BIT(class))
+		return true;
+	for (k = 0; k < n; k++, s->kept++) {
+		if ((pfn + k) & 15 || !ds_copy_page(pfn + k, src))
+			continue;
+		s->sampled++;
+		if (!memchr_inv(src, 0, PAGE_SIZE))
+			continue;
+		len = ds_compress_page(&ds.zestimate, src, PAGE_SIZE, dst,
+				       PAGE_SIZE - 1);
+		s->bytes += len ? len : PAGE_SIZE;
+	}
+	cond_resched();
+	return true;
+}
+
 /*
  * What a dump written now would take: the kernel pages kept, and an
- * estimate of their compressed size from one page in 16 (plus the
+ * estimate of their size in the region from one page in 16 (plus the
  * directory and the meta section).
  */
 u64 ds_estimate(u64 *kept_pages, u64 counts[DS_NR_CLASSES])
 {
-	unsigned long pfn, span, k;
-	u64 sampled = 0, bytes = 0, kept = 0;
-	u8 *src = ds.estimate_buf, *dst = src + PAGE_SIZE;
-	int i, c;
+	struct ds_sample s = { 0 };
 
 	ds_count_classes(counts);
 	mutex_lock(&ds.estimate_lock);
-	for (i = 0; i < ds.nr_ram; i++) {
-		for (pfn = ds.ram[i].start_pfn; pfn < ds.ram[i].end_pfn;
-		     pfn += span) {
-			c = ds_classify(pfn, &span);
-			span = min(span, ds.ram[i].end_pfn - pfn);
-			if (c < 0 || (ds.excluded & BIT(c)))
-				continue;
-			for (k = 0; k < span; k++, kept++) {
-				unsigned int n;
-
-				if ((pfn + k) & 15 || !ds_copy_page(pfn + k, src))
-					continue;
-				sampled++;
-				if (!memchr_inv(src, 0, PAGE_SIZE))
-					continue;
-				n = ds_compress_page(&ds.zestimate, src,
-						     PAGE_SIZE, dst,
-						     PAGE_SIZE - 1);
-				bytes += n ? n : PAGE_SIZE;
-			}
-			cond_resched();
-		}
-	}
+	ds_walk(ds_sample_run, &s);
 	mutex_unlock(&ds.estimate_lock);
-	*kept_pages = kept;
-	if (sampled)
-		bytes = div64_u64(bytes * kept, sampled);
-	return bytes + kept * sizeof(struct ds_entry) + ds.vmcoreinfo_room +
+	*kept_pages = s.kept;
+	if (s.sampled)
+		s.bytes = div64_u64(s.bytes * s.kept, s.sampled);
+	return s.bytes + s.kept * sizeof(struct ds_entry) + ds.vmcoreinfo_room +
 	       (256 << 10);
 }
 
