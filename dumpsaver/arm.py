@@ -8,7 +8,9 @@ Arming, in order:
 3. set ``crash_kexec_post_notifiers``, so that panic() saves the other CPUs'
    registers into their crash_notes before the module's notifier runs;
 4. load the module (``modprobe``, from where DKMS installed it, or ``insmod PATH``)
-   with the region, the boot id and every CPU's crash_notes address;
+   with the region, the boot id, every CPU's crash_notes address and where the
+   kernel image lies (its data and bss are saved first, its text late: the
+   vmlinux file has it);
 5. read back /sys/kernel/dumpsaver: armed, or the module's reason why not.
 
 The module's state is what `dumpsaver status` shows (:func:`armed_state`).
@@ -50,6 +52,7 @@ class KernelPaths:
     cpus: Path = Path("/sys/devices/system/cpu")
     boot_id: Path = Path("/proc/sys/kernel/random/boot_id")
     lockdown: Path = Path("/sys/kernel/security/lockdown")
+    iomem: Path = Path("/proc/iomem")
 
 
 @dataclass(frozen=True)
@@ -144,11 +147,31 @@ def crash_notes(cpus: Path) -> list[int]:
     return [found.get(i, 0) for i in range(max(found) + 1)] if found else []
 
 
+def kernel_image(iomem: Path) -> tuple[int, int, int] | None:
+    """Where the kernel image lies, from /proc/iomem: (start, end of text and rodata,
+    end of data and bss), physical.  Its text and rodata are the least useful pages
+    (vmlinux holds them), its data and bss the most (init_task, per-cpu offsets)."""
+    from dumpsaver.locate import parse_iomem
+
+    parts = {name: r for r, name in parse_iomem(_read(iomem, 1 << 20) or "")
+             if name.startswith("Kernel ")}
+    text = [parts[n] for n in ("Kernel code", "Kernel rodata") if n in parts]
+    data = [parts[n] for n in ("Kernel data", "Kernel bss") if n in parts]
+    if not text or text[0].start == 0:  # absent, or zeros (not root)
+        return None
+    text_end = max(r.end for r in text)
+    return text[0].start, text_end, max([r.end for r in data] + [text_end])
+
+
 def module_params(region: tuple[int, int], *, boot_id: str, notes: Sequence[int],
-                  reboot: str = "hang", codec: str = "zlib") -> list[str]:
+                  reboot: str = "hang", codec: str = "zlib",
+                  image: tuple[int, int, int] | None = None) -> list[str]:
     """The module's parameters (kmod/README.md) for ``region`` (start, size)."""
     params = [f"region_start={region[0]:#x}", f"region_size={region[1]:#x}",
               f"reboot={REBOOT[reboot]}"]
+    if image:
+        params += [f"text_start={image[0]:#x}", f"text_end={image[1]:#x}",
+                   f"image_end={image[2]:#x}"]
     if codec != "zlib":
         params.append(f"codec={codec}")
     if re.fullmatch(r"[0-9a-fA-F-]{36}", boot_id):
@@ -224,7 +247,8 @@ def arm(
     if codec not in CODECS:
         raise DumpsaverError(f"unknown codec {codec!r}", hint=", ".join(CODECS))
     params = module_params((region.start, region.size), boot_id=_read(p.boot_id) or "",
-                           notes=crash_notes(p.cpus), reboot=reboot, codec=codec)
+                           notes=crash_notes(p.cpus), reboot=reboot, codec=codec,
+                           image=kernel_image(p.iomem))
     if codec != "zlib":  # the codec's module first: dumpsaver.ko takes its ops at load
         name = f"{MODULE}_{codec}"
         if module is None:

@@ -52,6 +52,9 @@ struct ds_state {
 	struct ds_ram ram_tables[2];
 	struct ds_ram *ram;
 	struct mutex ram_lock;
+	unsigned long text_pfn_start;	/* the kernel's text and rodata */
+	unsigned long text_pfn_end;
+	unsigned long image_pfn_end;	/* the image's data and bss end here */
 
 	struct ds_compressor zpanic;	/* the panic path's workspace */
 	struct ds_compressor zestimate;	/* sysfs estimates (estimate_lock) */

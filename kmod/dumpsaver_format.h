@@ -25,7 +25,7 @@
 
 /* Page classes: the bit numbers of ds_header.excluded. */
 enum ds_class {
-	DS_CLASS_KERNEL_TEXT = 0,	/* the module: every PageReserved page */
+	DS_CLASS_KERNEL_TEXT = 0,	/* kernel text and rodata */
 	DS_CLASS_KERNEL_DATA = 1,	/* slab, stacks, anything not identified */
 	DS_CLASS_PAGE_TABLE = 2,
 	DS_CLASS_FREE = 3,

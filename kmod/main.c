@@ -50,6 +50,18 @@ static int nr_crash_notes;
 module_param_array(crash_notes, ulong, &nr_crash_notes, 0444);
 MODULE_PARM_DESC(crash_notes, "Physical address of each CPU's crash_notes, in CPU order (/sys/devices/system/cpu/cpuN/crash_notes)");
 
+static unsigned long text_start;
+module_param(text_start, ulong, 0444);
+MODULE_PARM_DESC(text_start, "Physical start of the kernel's text and rodata (/proc/iomem \"Kernel code\"), saved as class kernel_text");
+
+static unsigned long text_end;
+module_param(text_end, ulong, 0444);
+MODULE_PARM_DESC(text_end, "Physical end (exclusive) of the kernel's text and rodata; without both, every reserved page is kernel data");
+
+static unsigned long image_end;
+module_param(image_end, ulong, 0444);
+MODULE_PARM_DESC(image_end, "Physical end (exclusive) of the kernel image's data and bss (/proc/iomem \"Kernel bss\"): saved first");
+
 static int reboot = 1;
 module_param(reboot, int, 0444);
 MODULE_PARM_DESC(reboot, "Emergency restart after writing: 0 never, 1 when panic would hang (panic=0, default), 2 always");
@@ -126,6 +138,12 @@ static int __init ds_init(void)
 	ds.level = level;
 	ds.excluded = exclude;
 	ds.reboot = reboot;
+	if (text_end > text_start) {
+		ds.text_pfn_start = PFN_DOWN(text_start);
+		ds.text_pfn_end = PFN_UP(text_end);
+	}
+	if (image_end > text_end)
+		ds.image_pfn_end = PFN_UP(image_end);
 
 	ret = ds_ram_init();
 	if (ret) {

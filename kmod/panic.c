@@ -29,6 +29,7 @@ struct ds_pass {
 	struct ds_enc *e;
 	int class;
 	unsigned long n;
+	unsigned long lo, hi;	/* only pfns in [lo, hi) */
 };
 
 /* Write the pages of one class; false (the walk stops) once the area is full. */
@@ -38,9 +39,11 @@ static bool ds_write_run(unsigned long pfn, unsigned long n, int class,
 	struct ds_pass *p = arg;
 	unsigned long k;
 
-	if (class != p->class)
+	if (class != p->class || pfn + n <= p->lo || pfn >= p->hi)
 		return true;
 	for (k = 0; k < n; k++) {
+		if (pfn + k < p->lo || pfn + k >= p->hi)
+			continue;
 		if (!ds_copy_page(pfn + k, ds.page_buf))
 			continue;
 		if (ds_enc_page(p->e, pfn + k, ds.page_buf))
@@ -91,11 +94,31 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 
 	ds_count_classes(info.class_pages);
 	info.selected = ds_selected(info.class_pages);
-	for (i = 0; i < DS_NR_CLASSES && !e.full; i++) {
-		struct ds_pass pass = { .e = &e, .class = ds_priority[i] };
+	/*
+	 * The kernel image's data and bss first (init_task, per-cpu offsets,
+	 * the first page tables): a dump truncated after them still opens in
+	 * a debugger.  Then every class in order, that range left out.
+	 */
+	if (!(ds.excluded & BIT(DS_CLASS_KERNEL_DATA)) && ds.image_pfn_end) {
+		struct ds_pass pass = { .e = &e, .class = DS_CLASS_KERNEL_DATA,
+					.lo = ds.text_pfn_end,
+					.hi = ds.image_pfn_end };
 
-		if (!(ds.excluded & BIT(pass.class)))
+		ds_walk(ds_write_run, &pass);
+	}
+	for (i = 0; i < DS_NR_CLASSES && !e.full; i++) {
+		struct ds_pass pass = { .e = &e, .class = ds_priority[i],
+					.hi = ULONG_MAX };
+
+		if (ds.excluded & BIT(pass.class))
+			continue;
+		if (pass.class == DS_CLASS_KERNEL_DATA && ds.image_pfn_end) {
+			pass.hi = ds.text_pfn_end;
 			ds_walk(ds_write_run, &pass);
+			pass.lo = ds.image_pfn_end;
+			pass.hi = ULONG_MAX;
+		}
+		ds_walk(ds_write_run, &pass);
 	}
 
 	info.mem_pages = ds_mem_pages();

@@ -7,9 +7,11 @@
  * is read from its struct page the way makedumpfile reads it on 6.1: a buddy
  * head covers its whole free block; user pages are judged on the compound
  * head; mapped file pages are "user shared", unmapped ones "file cache";
- * reserved pages (the kernel image, mem_map, memblock) form class 0; slab,
- * stacks and everything not identified are kernel data.  Offline and
- * poisoned pages are never read.
+ * reserved pages are kernel text when they lie in the kernel's text and
+ * rodata (parameters text_start/text_end: its vmlinux has them too), else
+ * kernel data (the image's data and bss, mem_map, memblock), like slab,
+ * stacks and everything not identified.  Offline and poisoned pages are
+ * never read.
  */
 #include <linux/ioport.h>
 #include <linux/memory.h>
@@ -116,7 +118,8 @@ static int ds_classify(unsigned long pfn, unsigned long *span)
 		return DS_CLASS_FREE;
 	}
 	if (PageReserved(page))
-		return DS_CLASS_KERNEL_TEXT;
+		return pfn >= ds.text_pfn_start && pfn < ds.text_pfn_end ?
+		       DS_CLASS_KERNEL_TEXT : DS_CLASS_KERNEL_DATA;
 	if (PageTable(page))
 		return DS_CLASS_PAGE_TABLE;
 	head = compound_head(page);

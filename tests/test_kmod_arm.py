@@ -29,7 +29,13 @@ class FakeKernel:
         self.paths = arm.KernelPaths(
             state=root / "kernel/dumpsaver", module=root / "module/dumpsaver",
             post_notifiers=root / "module/kernel/parameters/crash_kexec_post_notifiers",
-            cpus=root / "cpu", boot_id=root / "boot_id", lockdown=root / "lockdown")
+            cpus=root / "cpu", boot_id=root / "boot_id", lockdown=root / "lockdown",
+            iomem=root / "iomem")
+        root.mkdir(parents=True)
+        self.paths.iomem.write_text(
+            "00100000-2fffffff : System RAM\n  0a000000-0ae02516 : Kernel code\n"
+            "  0b000000-0b6dafff : Kernel rodata\n  0b800000-0bb5e9bf : Kernel data\n"
+            "30000000-30ffffff : Reserved\n")
         self.paths.post_notifiers.parent.mkdir(parents=True)
         self.paths.post_notifiers.write_text("N\n")
         for cpu, addr in ((0, 0x23FC17A00), (1, 0x23FC97A00), (3, 0x23FD97A00)):
@@ -78,10 +84,14 @@ def test_arm_loads_the_module_with_the_region(tmp_path: Path) -> None:
     st = arm.arm(found, mem, paths=k.paths, runner=k.run)
     assert k.paths.post_notifiers.read_text() == "Y\n"
     assert k.calls == [["modprobe", "dumpsaver", "region_start=0x30000000",
-                        "region_size=0x1000000", "reboot=1", f"boot_id={BOOT_ID}",
+                        "region_size=0x1000000", "reboot=1", "text_start=0xa000000",
+                        "text_end=0xb6db000", "image_end=0xbb5e9c0", f"boot_id={BOOT_ID}",
                         "crash_notes=0x23fc17a00,0x23fc97a00,0x0,0x23fd97a00"]]
     assert st.armed and st.region == (0x30000000, 0x31000000) and st.post_notifiers
     assert st.line() == "armed: yes, 16.0 MiB region, zlib"
+    # No "Kernel code" in /proc/iomem (or zeros, not root): no text range passed.
+    k.paths.iomem.write_text("00000000-00000000 : Kernel code\n")
+    assert arm.kernel_image(k.paths.iomem) is None
     # Re-arming unloads first; an explicit module is insmod-ed.
     arm.arm(found, mem, paths=k.paths, runner=k.run, module=Path("/tmp/x.ko"), reboot="always")
     assert k.calls[1] == ["rmmod", "dumpsaver"]
