@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dumpsaver.codecs import Codec
 from dumpsaver.sizes import human, parse_size
 from tests.kmod_encoder import Job, build_dsenc, run_c, run_py
 
@@ -29,6 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--memory", default="256M")
     ap.add_argument("--profiles", default="idle,busy")
+    ap.add_argument("--codecs", default="zlib,lz4,zstd")
     a = ap.parse_args()
     memory = parse_size(a.memory)
     out = []
@@ -38,8 +40,9 @@ def main() -> int:
         if exe is None:
             print("no C compiler or zlib.h", file=sys.stderr)
             return 1
-        for profile in a.profiles.split(","):
-            job = Job.make(memory, profile, 11, area_size=memory // 2)
+        for profile, codec in ((p, c) for p in a.profiles.split(",")
+                               for c in a.codecs.split(",")):
+            job = Job.make(memory, profile, 11, area_size=memory // 2, codec=Codec[codec.upper()])
             kept = len(job.order())
             c = run_c(exe, job, t / "c.mem")
             pages = list(job.pages())  # generated before the clock starts
@@ -49,7 +52,7 @@ def main() -> int:
             used = int(c["stored_bytes"]) + int(c["entries"]) * 32
             mb = kept * job.machine.page_size / 1e6
             row = {
-                "profile": profile, "memory": memory, "kept_pages": kept,
+                "profile": profile, "codec": codec, "memory": memory, "kept_pages": kept,
                 "dump_bytes": used, "c_seconds": c["seconds"], "c_mb_s": mb / c["seconds"],
                 "python_seconds": py_s, "c_vs_python": py_s / c["seconds"],
                 "python_dump_bytes": h.dir_offset + h.dir_bytes,
@@ -57,7 +60,7 @@ def main() -> int:
                 "region_for_8GiB": used * (8 << 30) // memory,
             }
             out.append(row)
-            print(f"{profile:6} {human(memory)}: {kept} pages kept, dump {human(used)} "
+            print(f"{profile:6} {codec:4} {human(memory)}: {kept} pages kept, dump {human(used)} "
                   f"(Python {human(row['python_dump_bytes'])}); C core {row['c_mb_s']:.0f} MB/s, "
                   f"{row['c_vs_python']:.1f}x the Python encoder; "
                   f"needs ~{human(row['region_for_1GiB'])} per GiB, "

@@ -35,10 +35,10 @@ PADDR = 0x10_0000  # where the area sits in the memory file
 
 
 def build_dsenc(out: Path) -> Path | None:
-    """Build dsenc into ``out``; None when there is no compiler or zlib.h."""
+    """Build dsenc into ``out``; None without a compiler or the zlib, lz4, zstd headers."""
     if shutil.which("make") is None or shutil.which("cc") is None:
         return None
-    if not Path("/usr/include/zlib.h").exists():
+    if not all(Path("/usr/include", h).exists() for h in ("zlib.h", "lz4.h", "zstd.h")):
         return None
     r = subprocess.run(["make", "-s", "-C", str(USER), f"O={out}"], capture_output=True,
                        text=True)
@@ -59,19 +59,20 @@ class Job:
     boot_id: uuid.UUID
     dump_id: uuid.UUID
     level: int = 1
+    codec: Codec = Codec.ZLIB
     _order: list[int] | None = None
 
     @classmethod
     def make(cls, memory: int, profile: str, seed: int, *, area_size: int,
              excluded: frozenset[fmt.PageClass] = fmt.DEFAULT_EXCLUDED,
-             page_size: int = sim.PAGE) -> Job:
+             page_size: int = sim.PAGE, codec: Codec = Codec.ZLIB) -> Job:
         m = sim.Machine(memory, sim.PROFILES[profile], seed, page_size=page_size)
         rng = random.Random(seed)
         crash_ns = 1_700_000_000_000_000_000 + seed
         meta = sim.panic_meta(m, crash_ns, rng, "sysrq triggered crash", 2)
         return cls(m, excluded, area_size, meta, crash_ns,
                    uuid.UUID(int=rng.getrandbits(128), version=4),
-                   uuid.UUID(int=rng.getrandbits(128), version=4))
+                   uuid.UUID(int=rng.getrandbits(128), version=4), codec=codec)
 
     def order(self) -> list[int]:
         """The pfns to save, most useful class first (the module's order)."""
@@ -103,7 +104,7 @@ def _rec(kind: int, body: bytes) -> bytes:
 def _c_input(job: Job) -> Iterator[bytes]:
     m = job.meta
     yield _rec(REC_INFO, INFO.pack(
-        job.machine.pages, job.crash_ns, len(job.order()), Codec.ZLIB, job.mask,
+        job.machine.pages, job.crash_ns, len(job.order()), job.codec, job.mask,
         len(m.prstatus), 0, job.dump_id.bytes, job.boot_id.bytes, *job.class_pages))
     yield _rec(fmt.Meta.MACHINE, struct.pack("<H", m.machine))
     yield _rec(fmt.Meta.PANIC, m.panic.encode())
@@ -123,7 +124,7 @@ def run_c(dsenc: Path, job: Job, mem: Path) -> dict[str, Any]:
     area = mem.with_suffix(".area")
     p = subprocess.Popen(
         [str(dsenc), str(job.area_size), str(PADDR), str(job.machine.page_size),
-         str(job.level), str(area)],
+         job.codec.label, str(job.level), str(area)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdin is not None
     chunk: list[bytes] = []
@@ -156,7 +157,7 @@ def run_py(job: Job, mem: Path,
         return encode_dump(
             LogicalStream(pm, [(PADDR, job.area_size)]),
             job.pages() if pages is None else pages,
-            page_size=job.machine.page_size, mem_pages=job.machine.pages, codec=Codec.ZLIB,
+            page_size=job.machine.page_size, mem_pages=job.machine.pages, codec=job.codec,
             meta=job.meta, excluded=job.excluded, class_pages=job.class_pages,
             crash_time_ns=job.crash_ns, boot_id=job.boot_id, dump_id=job.dump_id,
             level=job.level, selected=len(job.order()))

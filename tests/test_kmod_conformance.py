@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dumpsaver import format as fmt
+from dumpsaver.codecs import Codec
 from dumpsaver.format import PageClass as PC
 from tests.kmod_encoder import PADDR, Job, build_dsenc, decode, run_c, run_py
 
@@ -25,7 +26,8 @@ from tests.kmod_encoder import PADDR, Job, build_dsenc, decode, run_c, run_py
 def dsenc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exe = build_dsenc(tmp_path_factory.mktemp("dsenc"))
     if exe is None:
-        pytest.skip("no C compiler or zlib.h (apt-get install gcc make zlib1g-dev)")
+        pytest.skip("no C compiler or zlib/lz4/zstd headers "
+                    "(apt-get install gcc make zlib1g-dev liblz4-dev libzstd-dev)")
     return exe
 
 
@@ -35,20 +37,22 @@ def _layout_free(h: fmt.Header) -> fmt.Header:
 
 
 CASES = [
-    ("idle", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096),
-    ("busy", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096),
-    ("sparse", 32 << 20, fmt.DEFAULT_EXCLUDED, 4096),
-    ("busy", 8 << 20, frozenset({PC.FREE}), 4096),
-    ("idle", 16 << 20, frozenset(), 4096),
-    ("busy", 16 << 20, fmt.DEFAULT_EXCLUDED, 16384),
+    ("idle", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096, Codec.ZLIB),
+    ("busy", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096, Codec.ZLIB),
+    ("sparse", 32 << 20, fmt.DEFAULT_EXCLUDED, 4096, Codec.ZLIB),
+    ("busy", 8 << 20, frozenset({PC.FREE}), 4096, Codec.ZLIB),
+    ("idle", 16 << 20, frozenset(), 4096, Codec.ZLIB),
+    ("busy", 16 << 20, fmt.DEFAULT_EXCLUDED, 16384, Codec.ZLIB),
+    ("busy", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096, Codec.LZ4),
+    ("idle", 16 << 20, fmt.DEFAULT_EXCLUDED, 4096, Codec.ZSTD),
 ]
 
 
-@pytest.mark.parametrize(("profile", "memory", "excluded", "page_size"), CASES)
+@pytest.mark.parametrize(("profile", "memory", "excluded", "page_size", "codec"), CASES)
 def test_same_dump_as_python(dsenc: Path, tmp_path: Path, profile: str, memory: int,
-                             excluded: frozenset[PC], page_size: int) -> None:
+                             excluded: frozenset[PC], page_size: int, codec: Codec) -> None:
     job = Job.make(memory, profile, 7, area_size=memory, excluded=excluded,
-                   page_size=page_size)
+                   page_size=page_size, codec=codec)
     stats = run_c(dsenc, job, tmp_path / "c.mem")
     py = run_py(job, tmp_path / "py.mem")
     ch, cmeta, centries, cpages = decode(tmp_path / "c.mem", job.area_size)

@@ -22,7 +22,7 @@ APT_PACKAGES=(
   # failing disks for the reliability tests
   dmsetup fuse3 util-linux
   # the kernel module (kmod/): its headers, DKMS packaging, the user-space encoder test
-  linux-headers-amd64 make zlib1g-dev kmod dkms dh-dkms
+  linux-headers-amd64 make zlib1g-dev liblz4-dev libzstd-dev kmod dkms dh-dkms
 )
 
 missing=()

@@ -2,8 +2,11 @@
 /*
  * dsenc: the module's encoding core (../encode.c) in user space.
  *
- *   dsenc AREA_SIZE AREA_PADDR PAGE_SIZE LEVEL OUT < records
+ *   dsenc AREA_SIZE AREA_PADDR PAGE_SIZE CODEC LEVEL OUT < records
  *
+ * CODEC is zlib, lz4 or zstd: the user-space libraries with the settings the
+ * module's codecs use (zlib window 15, memLevel 8; an lz4 block; a zstd frame
+ * with its content size).
  * Reads little-endian records (u32 kind, u32 length, body) from stdin:
  * meta records (kinds 1-6, as docs/format.md numbers them; UTS is six
  * NUL-terminated strings), INFO (0x100, struct ds_dump_info's fields),
@@ -13,7 +16,9 @@
  */
 #include <stdio.h>
 #include <time.h>
+#include <lz4.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "../encode.h"
 
@@ -21,6 +26,8 @@ enum { REC_INFO = 0x100, REC_PAGE = 0x200, REC_END = 0x300 };
 
 struct zctx {
 	z_stream s;
+	ZSTD_CCtx *zstd;
+	int level;
 };
 
 static unsigned int zlib_page(void *ctx, const void *page,
@@ -38,6 +45,26 @@ static unsigned int zlib_page(void *ctx, const void *page,
 	if (deflate(s, Z_FINISH) != Z_STREAM_END)
 		return 0;
 	return (unsigned int)s->total_out;
+}
+
+static unsigned int lz4_page(void *ctx, const void *page,
+			     unsigned int page_size, void *dst,
+			     unsigned int room)
+{
+	int n = LZ4_compress_default(page, dst, page_size, room);
+
+	return n > 0 ? n : 0;
+}
+
+static unsigned int zstd_page(void *ctx, const void *page,
+			      unsigned int page_size, void *dst,
+			      unsigned int room)
+{
+	struct zctx *z = ctx;
+	size_t n = ZSTD_compressCCtx(z->zstd, dst, room, page, page_size,
+				     z->level);
+
+	return ZSTD_isError(n) ? 0 : n;
 }
 
 u32 crc32_le(u32 seed, const void *data, size_t len)
@@ -108,19 +135,27 @@ int main(int argc, char **argv)
 	FILE *out;
 	int i;
 
-	if (argc != 6)
-		die("usage: dsenc AREA_SIZE AREA_PADDR PAGE_SIZE LEVEL OUT");
+	if (argc != 7)
+		die("usage: dsenc AREA_SIZE AREA_PADDR PAGE_SIZE CODEC LEVEL OUT");
 	e.size = strtoull(argv[1], NULL, 0);
 	e.paddr = strtoull(argv[2], NULL, 0);
 	e.page_size = strtoul(argv[3], NULL, 0);
-	if (deflateInit2(&z.s, atoi(argv[4]), Z_DEFLATED, 15, 8,
-			 Z_DEFAULT_STRATEGY) != Z_OK)
-		die("deflateInit2 failed");
+	z.level = atoi(argv[5]);
+	if (!strcmp(argv[4], "lz4")) {
+		e.compress = lz4_page;
+	} else if (!strcmp(argv[4], "zstd")) {
+		z.zstd = ZSTD_createCCtx();
+		e.compress = zstd_page;
+	} else {
+		if (deflateInit2(&z.s, z.level, Z_DEFLATED, 15, 8,
+				 Z_DEFAULT_STRATEGY) != Z_OK)
+			die("deflateInit2 failed");
+		e.compress = zlib_page;
+	}
 	e.area = calloc(1, e.size);
 	buf = aligned_alloc(8, DS_MAX_DMESG + 64);
 	if (!e.area || !buf)
 		die("out of memory");
-	e.compress = zlib_page;
 	e.compress_ctx = &z;
 	if (ds_enc_begin(&e))
 		die("area too small");
@@ -181,7 +216,7 @@ int main(int argc, char **argv)
 	ds_enc_finish(&e, &info);
 	spent += now() - t;
 
-	out = fopen(argv[5], "wb");
+	out = fopen(argv[6], "wb");
 	if (!out || fwrite(e.area, 1, e.size, out) != e.size || fclose(out))
 		die("cannot write the area");
 	printf("{\"pages\": %llu, \"entries\": %llu, \"seconds\": %.6f, \"stored_bytes\": %llu, \"truncated\": %s}\n",
