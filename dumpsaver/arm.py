@@ -222,6 +222,8 @@ def arm(
     from dumpsaver.save import open_dump
 
     p = paths or KernelPaths()
+    if codec not in CODECS:
+        raise DumpsaverError(f"unknown codec {codec!r}", hint=", ".join(CODECS))
     if any(c.method == "sysfs" for c in cands):
         raise DumpsaverError("a dump is waiting (the kernel's mcore interface shows one)",
                              hint="save it first: dumpsaver save")
@@ -244,8 +246,6 @@ def arm(
         p.post_notifiers.write_text("Y\n")
     except OSError as e:
         raise DumpsaverError(f"cannot set {p.post_notifiers}: {e.strerror}") from None
-    if codec not in CODECS:
-        raise DumpsaverError(f"unknown codec {codec!r}", hint=", ".join(CODECS))
     params = module_params((region.start, region.size), boot_id=_read(p.boot_id) or "",
                            notes=crash_notes(p.cpus), reboot=reboot, codec=codec,
                            image=kernel_image(p.iomem))
