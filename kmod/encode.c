@@ -99,7 +99,8 @@ void ds_enc_meta(struct ds_enc *e, u16 type, const void *data, u64 len)
 	if (!room)
 		return;
 	len = min(len, room);
-	memcpy(dst, data, len);
+	if (len)
+		memcpy(dst, data, len);
 	ds_enc_meta_close(e, type, len);
 }
 
