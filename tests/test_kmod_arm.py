@@ -6,6 +6,9 @@ module happens in the QEMU tier (tests/e2e), never into the host's kernel."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,3 +175,31 @@ def test_cli(tmp_path: Path) -> None:
     s = json.loads(run_cli("status", "--json", *where).stdout)
     assert s["armed"]["armed"] is False and s["armed"]["reason"]
     assert "panic side:  armed: " in run_cli("status", *where).stdout
+
+
+def test_arm_unit(tmp_path: Path) -> None:
+    """The unit verifies, runs after the save, may load modules, and is sandboxed."""
+    exe = shutil.which("systemd-analyze")
+    if exe is None or not Path("/lib/systemd/system/sysinit.target").exists():
+        pytest.skip("systemd-analyze and systemd's units are needed (Debian: systemd)")
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/dumpsaver").write_text("#!/bin/sh\n")
+    (tmp_path / "usr/bin/dumpsaver").chmod(0o755)
+    shutil.copytree("/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    units = tmp_path / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for name in ("dumpsaver.service", "dumpsaver-arm.service"):
+        shutil.copyfile(repo / "units" / name, units / name)
+    r = subprocess.run([exe, "verify", "--man=no", f"--root={tmp_path}",
+                        "dumpsaver-arm.service"], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    text = (units / "dumpsaver-arm.service").read_text()
+    assert "After=dumpsaver.service" in text and "ExecStart=/usr/bin/dumpsaver arm" in text
+    # it loads a module and writes a /sys/module parameter
+    assert "CAP_SYS_MODULE" in text
+    assert not re.search(r"^(ProtectKernelModules|ProtectKernelTunables)=", text, re.M)
+    r = subprocess.run([exe, "security", "--offline=yes", f"--root={tmp_path}", "--no-pager",
+                        "dumpsaver-arm.service"], capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for dumpsaver-arm\.service: ([0-9.]+)", r.stdout)
+    assert m and float(m[1]) <= 3.0, r.stdout[-2000:] + r.stderr
