@@ -4,6 +4,7 @@
 #define DUMPSAVER_H
 
 #include <linux/types.h>
+#include <linux/crash_core.h>
 #include <linux/elfcore.h>
 #include <linux/mutex.h>
 #include <linux/ptrace.h>
@@ -13,8 +14,8 @@
 #define DS_MAX_RAM_RANGES	256
 #define DS_MAX_CPUS		1024
 #define DS_REASON_LEN		160
-#define DS_NOTE_BYTES		(sizeof(struct elf_note) + 8 + \
-				 sizeof(struct elf_prstatus))
+/* A crash_notes buffer: the PRSTATUS note and an empty final note. */
+#define DS_NOTE_BYTES		CRASH_CORE_NOTE_BYTES
 
 struct ds_range {
 	unsigned long start_pfn;	/* first pfn */

@@ -93,7 +93,8 @@ static bool ds_saved_prstatus(int cpu, struct elf_prstatus *prs)
 	    n->n_type != NT_PRSTATUS || n->n_descsz != sizeof(*prs) ||
 	    memcmp(n + 1, CRASH_CORE_NOTE_NAME, n->n_namesz))
 		return false;
-	memcpy(prs, buf + sizeof(*n) + 8, sizeof(*prs));
+	memcpy(prs, buf + CRASH_CORE_NOTE_HEAD_BYTES + CRASH_CORE_NOTE_NAME_BYTES,
+	       sizeof(*prs));
 	return true;
 }
 
@@ -124,6 +125,30 @@ static void ds_copy_regs(elf_gregset_t *out, struct pt_regs *regs)
 #endif
 }
 
+/*
+ * Write the panicking CPU's note into its own crash_notes buffer, as
+ * crash_save_cpu() does when a kdump kernel is loaded: drgn takes every
+ * CPU's registers from those buffers in the dump's memory.  Done before the
+ * page walk, so the page holding it is saved with the note in it.
+ */
+static void ds_save_own_note(int cpu, const struct elf_prstatus *prs)
+{
+	u8 buf[DS_NOTE_BYTES];
+	struct elf_note *n = (struct elf_note *)buf;
+
+	if (cpu >= ds.nr_notes || !ds.notes[cpu])
+		return;
+	memset(buf, 0, sizeof(buf));	/* the final note is all zero */
+	n->n_namesz = sizeof(CRASH_CORE_NOTE_NAME);
+	n->n_descsz = sizeof(*prs);
+	n->n_type = NT_PRSTATUS;
+	memcpy(buf + CRASH_CORE_NOTE_HEAD_BYTES, CRASH_CORE_NOTE_NAME,
+	       sizeof(CRASH_CORE_NOTE_NAME));
+	memcpy(buf + CRASH_CORE_NOTE_HEAD_BYTES + CRASH_CORE_NOTE_NAME_BYTES,
+	       prs, sizeof(*prs));
+	memcpy(ds.notes[cpu], buf, sizeof(buf));
+}
+
 static void ds_meta_prstatus(struct ds_enc *e, struct pt_regs *regs,
 			     u32 *nr_cpus)
 {
@@ -136,6 +161,7 @@ static void ds_meta_prstatus(struct ds_enc *e, struct pt_regs *regs,
 			memset(&prs, 0, sizeof(prs));
 			prs.common.pr_pid = current->pid;
 			ds_copy_regs(&prs.pr_reg, regs);
+			ds_save_own_note(cpu, &prs);
 		} else if (!ds_saved_prstatus(cpu, &prs)) {
 			continue;
 		}
