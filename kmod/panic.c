@@ -65,6 +65,24 @@ static u64 ds_selected(const u64 counts[DS_NR_CLASSES])
 	return n;
 }
 
+/*
+ * Start the recorded stack at the notifier's caller (notifier_call_chain,
+ * in vmlinux), as if the registers were taken there: debuggers unwind with
+ * vmlinux's ORC tables and cannot unwind this module's frame.  The frame
+ * address makes the compiler give this function a frame pointer: its slot
+ * holds the caller's rbp, the next one the return address.
+ */
+static __always_inline void ds_caller_regs(struct pt_regs *regs)
+{
+#ifdef CONFIG_X86_64
+	unsigned long *frame = __builtin_frame_address(0);
+
+	regs->ip = (unsigned long)__builtin_return_address(0);
+	regs->bp = frame[0];
+	regs->sp = (unsigned long)(frame + 2);
+#endif
+}
+
 static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 {
 	struct ds_dump_info info = { .codec = ds.codec };
@@ -83,6 +101,7 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 	if (!ds.armed || atomic_xchg(&ds_ran, 1))
 		return NOTIFY_DONE;
 	crash_setup_regs(&regs, NULL);
+	ds_caller_regs(&regs);
 	t0 = ktime_get_mono_fast_ns();
 	info.crash_time_ns = ktime_get_real_fast_ns();
 	pr_emerg("dumpsaver: writing the dump to %pa (%llu MiB)\n", &ds.start,
