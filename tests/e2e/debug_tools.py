@@ -17,9 +17,11 @@ crash
     bookworm's crash 8.0.2 cannot build its task table on bookworm's own kernel: Debian's
     6.1.y carries the backport that made ``struct pid``'s ``numbers`` a flexible array,
     and crash learned that in 8.0.3 (upstream 88580068).  Its ``bt`` and ``log`` work,
-    ``ps`` lists the idle tasks and the panicking one only.  trixie's crash (8.0.6) reads
-    it; it needs trixie's libc, so its package and its libraries' packages are unpacked
-    into the cache (~30 MB) and run with their own dynamic loader, nothing installed.
+    ``ps`` lists the idle tasks and the panicking one only.  trixie's crash (8.0.6) lists
+    them; it needs trixie's libc, so its package and its libraries' packages are
+    unpacked into the cache (~30 MB) and run with their own dynamic loader, nothing
+    installed.  The tests read ``bt`` and ``log`` with bookworm's crash (the one a user
+    of this kernel has) and ``ps`` with trixie's.
 
 A second run finds the stamps and does nothing.  By hand::
 

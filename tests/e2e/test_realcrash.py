@@ -219,30 +219,31 @@ def test_sysrq_saved_elf_complete(sysrq: Scenario, e2e_timings: dict[str, Any]) 
     record_figures(sysrq, e2e_timings)
 
 
-def test_sysrq_crash_reads_elf(
-    sysrq: Scenario, vmlinux: debug_tools.Vmlinux, crash_cmd: list[str]
-) -> None:
+def test_sysrq_crash_reads_elf(sysrq: Scenario, vmlinux: debug_tools.Vmlinux) -> None:
+    """bookworm's own crash (8.0.2): the panicking task's backtrace, the log."""
     vmlinux_matches_guest(sysrq, vmlinux)
     vmcore = saved_dump(sysrq) / "vmcore"
-    s = readers.run_crash(crash_cmd, vmlinux.path, vmcore,
-                          {"bt": "bt", "log": "log", "ps": "ps", "sys": "sys"},
+    s = readers.run_crash(["crash"], vmlinux.path, vmcore,
+                          {"bt": "bt", "log": "log", "sys": "sys"},
                           sysrq.workdir / "crash-elf")  # fmt: skip
     assert "sysrq_handle_crash" in s["bt"], s["bt"] + s.stderr
     assert "sysrq triggered crash" in s["log"], s["log"][-2000:]
-    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000]
     assert 'PANIC: "Kernel panic - not syncing: sysrq triggered crash"' in s["sys"], s["sys"]
 
 
-def test_sysrq_bookworm_crash_reads_elf(sysrq: Scenario, vmlinux: debug_tools.Vmlinux) -> None:
-    """The distribution's own crash (8.0.2) reads it too: backtrace and log.
+def test_sysrq_newer_crash_lists_tasks(
+    sysrq: Scenario, vmlinux: debug_tools.Vmlinux, crash_cmd: list[str]
+) -> None:
+    """trixie's crash (8.0.6) for ps: 8.0.2 cannot build this kernel's task table.
 
-    (Not ps: 8.0.2 cannot build the task table of a kernel whose struct pid has a
-    flexible numbers[], which Debian's 6.1.y has; see debug_tools.py.)"""
+    (Not its bt: the saved registers are the module notifier's, which crash cannot
+    unwind, so it restarts from a "panic" return address found on the stack; 8.0.6's
+    ORC unwinder then failed on 1 dump in 4 (kmod/E2E-FINDINGS.md, finding 4).)"""
     vmcore = saved_dump(sysrq) / "vmcore"
-    s = readers.run_crash(["crash"], vmlinux.path, vmcore, {"bt": "bt", "log": "log"},
-                          sysrq.workdir / "crash-bookworm")  # fmt: skip
-    assert "sysrq_handle_crash" in s["bt"], s["bt"] + s.stderr
-    assert "sysrq triggered crash" in s["log"], s["log"][-2000:]
+    s = readers.run_crash(crash_cmd, vmlinux.path, vmcore, {"ps": "ps", "sys": "sys"},
+                          sysrq.workdir / "crash-elf-trixie")  # fmt: skip
+    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000] + s.stderr
+    assert "TASKS: " in s["sys"] and "PANIC:" in s["sys"], s["sys"]
 
 
 def test_sysrq_drgn_crashed_thread(sysrq: Scenario, vmlinux: debug_tools.Vmlinux) -> None:
@@ -254,7 +255,7 @@ def test_sysrq_drgn_crashed_thread(sysrq: Scenario, vmlinux: debug_tools.Vmlinux
 
 
 def test_sysrq_makedumpfile_filters_by_real_vmcoreinfo(
-    sysrq: Scenario, vmlinux: debug_tools.Vmlinux, crash_cmd: list[str]
+    sysrq: Scenario, vmlinux: debug_tools.Vmlinux
 ) -> None:
     vmcore = saved_dump(sysrq) / "vmcore"
     out = sysrq.workdir / "vmcore.d31"
@@ -268,7 +269,7 @@ def test_sysrq_makedumpfile_filters_by_real_vmcoreinfo(
     for label in ("Free pages", "User process data pages", "Non-private cache pages",
                   "Private cache pages"):  # fmt: skip
         assert counts[label] == 0, (label, counts)
-    s = readers.run_crash(crash_cmd, vmlinux.path, out, {"bt": "bt", "log": "log"},
+    s = readers.run_crash(["crash"], vmlinux.path, out, {"bt": "bt", "log": "log"},
                           sysrq.workdir / "crash-d31")  # fmt: skip
     assert "sysrq_handle_crash" in s["bt"], s["bt"] + s.stderr
     assert "sysrq triggered crash" in s["log"], s["log"][-2000:]
@@ -306,19 +307,22 @@ def test_oops_crash_reads_kdump(
     crash_cmd: list[str],
 ) -> None:
     vmlinux_matches_guest(oops, vmlinux)
+    vmcore = saved_dump(oops) / "vmcore"
     ko = real_guest.artifacts["e2e_oops.ko"]
     s = readers.run_crash(
-        crash_cmd,
+        ["crash"],
         vmlinux.path,
-        saved_dump(oops) / "vmcore",
-        {"mod": f"mod -s e2e_oops {ko}", "bt": "bt", "log": "log", "ps": "ps"},
+        vmcore,
+        {"mod": f"mod -s e2e_oops {ko}", "bt": "bt", "log": "log"},
         oops.workdir / "crash-kdump",
     )
     assert "e2e_oops_fault" in s["bt"], s["bt"] + s["mod"] + s.stderr
     assert "insmod" in s["bt"], s["bt"]
     assert "e2e_oops: writing to 0" in s["log"], s["log"][-2000:]
     assert "BUG: kernel NULL pointer dereference" in s["log"], s["log"][-2000:]
-    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000]
+    s = readers.run_crash(crash_cmd, vmlinux.path, vmcore, {"ps": "ps"},
+                          oops.workdir / "crash-kdump-trixie")  # fmt: skip
+    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000] + s.stderr
 
 
 def test_oops_drgn_crashed_thread(
