@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dumpsaver import __version__, boot, journal, paths, present
+from dumpsaver import __version__, arm, boot, journal, paths, present
 from dumpsaver import config as config_mod
 from dumpsaver import status as status_mod
 from dumpsaver.errors import (
@@ -274,6 +274,8 @@ def cmd_status(ctx: Ctx) -> int:
         if fs.free_bytes < s.minfree:
             p("             WARNING: free space is below minfree: a dump would not be saved")
     p(f"after save:  {s.restart} (only as the boot service; by hand: --restart)")
+    if s.panic_side is not None:
+        p(f"panic side:  {arm.ArmedState(**s.panic_side).line()}")
     t = s.selftest
     if t:
         p(f"self-test:   {t.verdict}: {t.result}")
@@ -493,6 +495,15 @@ def _confirm(what: str) -> None:
 subcommand("upload", upload_cli.HELP, upload_cli.options)(upload_cli.run)
 
 
+def _arm_options(p: argparse.ArgumentParser) -> None:
+    _location(p)
+    arm.options(p)
+
+
+subcommand("arm", arm.ARM_HELP, _arm_options)(arm.cmd_arm)
+subcommand("disarm", arm.DISARM_HELP)(arm.cmd_disarm)
+
+
 @subcommand("test", "write a test dump into the reserved region and warm-reboot: the next "
             "boot's status shows whether it came back intact", _test_options)
 def cmd_test(ctx: Ctx) -> int:
@@ -510,6 +521,8 @@ def cmd_test(ctx: Ctx) -> int:
     if not (ctx.args.no_reboot or ctx.args.yes):
         _confirm("dumpsaver test writes a test dump into the reserved region and then "
                  "REBOOTS this machine at once.")
+    if arm.disarm():  # the module maps the region: no second writer beside it
+        print("dumpsaver: disarmed the panic-side module (the next boot re-arms it)")
     rec = selftest.start(cands[0], where.mem, where.state_dir,
                          memory=parse_size(ctx.args.memory))
     print(f"dumpsaver: wrote test dump {rec['dump_id']} ({rec['saved_pages']} pages) into "

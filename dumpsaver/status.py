@@ -16,11 +16,12 @@ from typing import Any
 
 import psutil
 
-from dumpsaver import restart, selftest, state
+from dumpsaver import arm, restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
 from dumpsaver.config import Config
 from dumpsaver.errors import DumpsaverError, Exit, NoPermissionError
+from dumpsaver.locate import LocateMethod
 from dumpsaver.sanitize import clean_text
 from dumpsaver.save import open_dump
 from dumpsaver.sizes import human
@@ -112,14 +113,17 @@ class Status:
     selftest: Selftest | None = None
     unit: dict[str, Any] | None = None  # restart.unit_last_run()
     locate_error: str | None = None
-    # The kernel side's own "armed" state where it has one (the kernel module); None:
-    # not known here, and not part of the verdict.
-    armed: bool | None = None
+    # The panic-side module's state (arm.ArmedState as a dict; status --json "armed"),
+    # and whether it counts in the verdict: only an area that is not the kernel's own
+    # mcore interface (memmap=, a configured region) needs the module to catch a crash.
+    panic_side: dict[str, Any] | None = None
+    needs_module: bool = False
     verdict: str = ""  # "ready to catch a crash", or what stands in the way
     verdict_exit: int = 0  # dumpsaver status's exit code (errors.Exit)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["armed"] = out.pop("panic_side")
         if out["locate_error"] is None:
             del out["locate_error"]
         return out
@@ -157,7 +161,7 @@ def judge(s: Status) -> tuple[Exit, str]:
         return Exit.DUMP_WAITING, f"dump {s.waiting.dump_id} is waiting to be saved"
     if not s.areas:
         return Exit.NOT_READY, "NOT ready: no dump area, a crash would not be caught"
-    if s.armed is False:
+    if s.needs_module and s.panic_side is not None and not s.panic_side["armed"]:
         return Exit.NOT_ARMED, "NOT ready: the kernel side is not armed"
     size = sum(a.size for a in s.areas)
     return Exit.OK, f"ready to catch a crash ({human(size)} dump area)"
@@ -234,6 +238,8 @@ def collect(cfg: Config, where: Where) -> Status:
     v = selftest.report(where.state_dir, [(where.dest / n, i) for n, i in found])
     if v is not None:
         out.selftest = Selftest(v.ok, str(v.result), v.text, v.dump_id, v.time or None)
+    out.panic_side = arm.armed_state(estimate=True).as_dict()
+    out.needs_module = any(c.method != LocateMethod.SYSFS for c in cands)
     try:
         out.unit = restart.unit_last_run()
     except Exception:  # no systemd here, or an old pystemd: status still works

@@ -45,7 +45,7 @@ rpmbuild -bb $nodeps --define "_topdir $top" "$top/SPECS/dumpsaver.spec" \
     echo "build-rpm.sh: rpmbuild failed (log above)" >&2
     exit 1
 }
-rpm=$(find "$top/RPMS" -name 'dumpsaver-*.noarch.rpm' | head -n1)
+rpm=$(find "$top/RPMS" -name 'dumpsaver-[0-9]*.noarch.rpm' | head -n1)
 # Every module of the source tree must be in the package (see build-deb.sh).
 files=$(rpm -qlp "$rpm")
 missing=$(cd "$src" && find dumpsaver -name '*.py' | sort | while read -r f; do
@@ -56,4 +56,6 @@ if [ -n "$missing" ]; then
     exit 1
 fi
 cp "$rpm" "$out/"
+# The module's subpackage lands beside it (the main one stays the last line).
+find "$top/RPMS" -name 'dumpsaver-dkms-*.noarch.rpm' -exec cp {} "$out/" \;
 echo "$out/$(basename "$rpm")"

@@ -47,7 +47,7 @@ def test_rpm_builds(tmp_path: Path) -> None:
     r = subprocess.run(["sh", str(REPO / "packaging/build-rpm.sh"), str(tmp_path)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (rpm,) = tmp_path.rglob("dumpsaver-*.noarch.rpm")
+    (rpm,) = tmp_path.rglob("dumpsaver-[0-9]*.noarch.rpm")
     files = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True,
                            check=True).stdout
     assert "/usr/bin/dumpsaver" in files and "dumpsaver.service" in files

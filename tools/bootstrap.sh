@@ -27,6 +27,8 @@ APT_PACKAGES=(
   # 127.0.0.1), Debian's boto3 (what the .deb recommends), ip netns for the
   # network-cut test
   openssh-server python3-boto3 iproute2
+  # the kernel module (kmod/): its headers, DKMS packaging, the user-space encoder test
+  linux-headers-amd64 make zlib1g-dev liblz4-dev libzstd-dev kmod dkms dh-dkms
 )
 
 missing=()
@@ -39,6 +41,22 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The kernel's checkpatch.pl for tests/test_kmod_build.py: Debian ships it only inside
+# linux-source's 139 MB tarball; keep the three files it reads, once, in .venv.
+checkpatch_dir=.venv/checkpatch
+fetch_checkpatch() {
+  local tmp src
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt downloads as _apt
+  (cd "$tmp" && apt-get download -qq linux-source-6.1 >/dev/null)
+  src=$(dpkg-deb -c "$tmp"/linux-source-6.1_*.deb | grep -o '\./usr/src/linux-source-6.1\.tar\.xz')
+  dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.1_*.deb | tar -C "$tmp" -x "$src"
+  tar -xJf "$tmp/$src" --strip-components=2 -C "$PWD/$checkpatch_dir" \
+    linux-source-6.1/scripts/checkpatch.pl linux-source-6.1/scripts/spelling.txt \
+    linux-source-6.1/scripts/const_structs.checkpatch
+  rm -rf "$tmp"
+}
 
 PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
@@ -59,4 +77,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ tools/seaweedfs.txt
     exit 1
   fi
   touch "$stamp"
+fi
+
+if [ ! -f "$checkpatch_dir/checkpatch.pl" ]; then
+  echo "bootstrap: extracting checkpatch.pl from linux-source-6.1" >&2
+  mkdir -p "$checkpatch_dir"
+  fetch_checkpatch || { rm -rf "$checkpatch_dir"; echo "bootstrap: no checkpatch.pl" >&2; exit 1; }
 fi

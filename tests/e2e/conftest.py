@@ -10,6 +10,7 @@ Environment:
   DUMPSAVER_E2E_DEB     use this .deb instead of building one with packaging/build-deb.sh
   DUMPSAVER_E2E_ACCEL   tcg (default) or kvm
   DUMPSAVER_E2E_TIMEOUT hard limit per scenario in seconds (default 600)
+  DUMPSAVER_E2E_DKMS_DEB use this dumpsaver-dkms .deb (default: the one build-deb.sh made)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+import debug_tools  # noqa: E402
 import image as guest_image  # noqa: E402
 import qemu  # noqa: E402
 
@@ -39,6 +41,11 @@ TOOLS = {
     "debugfs": "e2fsprogs",
     "dpkg-buildpackage": "dpkg-dev",
     "journalctl": "systemd",
+    "unshare": "util-linux",
+    # reading the real kernel's dumps (test_realcrash.py)
+    "crash": "crash",
+    "makedumpfile": "makedumpfile",
+    "readelf": "binutils",
 }
 
 
@@ -115,17 +122,72 @@ def dumpsaver_deb(e2e_workdir: Path, e2e_timings: dict[str, float]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def guest(
-    dumpsaver_deb: Path, e2e_workdir: Path, e2e_timings: dict[str, float]
-) -> guest_image.GuestImage:
-    cache = guest_image.default_cache_dir()
+def base_rootfs(e2e_timings: dict[str, float]) -> guest_image.BaseRootfs:
     t0 = time.monotonic()
-    base = guest_image.build_rootfs(cache)
+    base = guest_image.build_rootfs(guest_image.default_cache_dir())
     e2e_timings["rootfs_s"] = round(time.monotonic() - t0, 1)
+    return base
+
+
+@pytest.fixture(scope="session")
+def guest(
+    base_rootfs: guest_image.BaseRootfs,
+    dumpsaver_deb: Path,
+    e2e_workdir: Path,
+    e2e_timings: dict[str, float],
+) -> guest_image.GuestImage:
+    """dumpsaver alone: the simulator writes the dumps (no kernel module)."""
     t0 = time.monotonic()
-    img = guest_image.build_session_image(base, dumpsaver_deb, e2e_workdir)
+    img = guest_image.build_session_image(base_rootfs, dumpsaver_deb, e2e_workdir)
     e2e_timings["image_s"] = round(time.monotonic() - t0, 1)
     return img
+
+
+@pytest.fixture(scope="session")
+def dkms_deb(dumpsaver_deb: Path) -> Path:
+    """The dumpsaver-dkms package built next to dumpsaver's (or DUMPSAVER_E2E_DKMS_DEB)."""
+    env = os.environ.get("DUMPSAVER_E2E_DKMS_DEB")
+    if env:
+        return Path(env)
+    found = sorted(dumpsaver_deb.parent.glob("dumpsaver-dkms_*.deb"))
+    if not found:
+        pytest.fail(f"packaging/build-deb.sh made no dumpsaver-dkms .deb in {dumpsaver_deb.parent}")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def real_guest(
+    base_rootfs: guest_image.BaseRootfs,
+    dumpsaver_deb: Path,
+    dkms_deb: Path,
+    e2e_workdir: Path,
+    e2e_timings: dict[str, float],
+) -> guest_image.GuestImage:
+    """dumpsaver and dumpsaver-dkms installed together (DKMS builds the module in the
+    image's chroot, as apt does on a user's machine), plus the e2e_oops test module."""
+    t0 = time.monotonic()
+    img = guest_image.build_session_image(
+        base_rootfs,
+        dumpsaver_deb,
+        e2e_workdir / "real",
+        extra_debs=(dkms_deb,),
+        test_modules=(HERE / "oops",),
+    )
+    e2e_timings["real_image_s"] = round(time.monotonic() - t0, 1)
+    return img
+
+
+@pytest.fixture(scope="session")
+def vmlinux(
+    base_rootfs: guest_image.BaseRootfs, e2e_timings: dict[str, float]
+) -> debug_tools.Vmlinux:
+    """The guest kernel's vmlinux with debug info (downloaded once, then cached)."""
+    t0 = time.monotonic()
+    v = debug_tools.ensure_vmlinux(
+        guest_image.default_cache_dir(), base_rootfs.release, base_rootfs.version
+    )
+    e2e_timings["vmlinux_s"] = round(time.monotonic() - t0, 1)
+    return v
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
@@ -137,5 +199,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _publish_timings(request: pytest.FixtureRequest, e2e_timings: dict[str, float]) -> None:
+def _publish_timings(
+    request: pytest.FixtureRequest, e2e_timings: dict[str, float]
+) -> Iterator[None]:
     request.config._e2e_timings = e2e_timings  # type: ignore[attr-defined]
+    yield
+    work = os.environ.get("DUMPSAVER_E2E_WORK")
+    if e2e_timings and work:  # whichever test files ran: their figures, kept
+        (Path(work) / "timings.json").write_text(json.dumps(e2e_timings, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def crash_cmd(e2e_timings: dict[str, float]) -> list[str]:
+    """trixie's crash, run from the cache (bookworm's cannot list this kernel's tasks)."""
+    t0 = time.monotonic()
+    cmd = debug_tools.ensure_crash(guest_image.default_cache_dir())
+    e2e_timings["crash_tool_s"] = round(time.monotonic() - t0, 1)
+    return cmd

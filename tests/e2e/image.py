@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +59,11 @@ PACKAGES = [
     "python3-pystemd",
     "python3-zstandard",
     "python3-lz4",
+    # dumpsaver-dkms: DKMS builds the module in the image, as on a user's machine (the
+    # headers matching the kernel are added by CUSTOMIZE_HOOK: never a different build)
+    "dkms",
+    "gcc",
+    "make",
 ]
 INITRAMFS_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c"]
 
@@ -83,13 +88,22 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
          fstrim.timer systemd-tmpfiles-clean.timer getty@tty1.service; do
     chroot "$root" systemctl mask "$u" >/dev/null 2>&1 || true
 done
-# Nothing in the guest needs kernel modules after the initramfs: drop them (~300 MB).
-rm -rf "$root"/usr/lib/modules/*/kernel
+# The headers of exactly the kernel installed (linux-headers-amd64 could briefly point
+# at another upload): DKMS builds dumpsaver's module against them.
+rel=$(ls "$root/usr/lib/modules")
+chroot "$root" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "linux-headers-$rel" >&2
+# Kernel modules are ~300 MB and the initramfs has what the boot needs.  Keep only the
+# compressors dumpsaver's module can use when they are loaded (lz4, zstd).
+mods="$root/usr/lib/modules/$rel/kernel"
+find "$mods" -name '*.ko*' ! -path "$mods/lib/lz4/*" ! -path "$mods/lib/zstd/*" -delete
+find "$mods" -depth -type d -empty -delete
+chroot "$root" depmod "$rel"
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
        "$root"/usr/share/info/* "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
 """
 # Bump when the recipe changes in a way the hash of the strings above cannot see.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,8 @@ class BaseRootfs:
     kernel: Path
     initrd: Path
     key: str
+    release: str  # uname -r of the guest kernel, e.g. 6.1.0-57-amd64
+    version: str  # its linux-image package version, e.g. 6.1.192-3
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,10 @@ class GuestImage:
     image: Path
     kernel: Path
     initrd: Path
+    release: str = ""
+    version: str = ""
+    # files copied out of the image for the host-side checks (e.g. a test module's .ko)
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
 def default_cache_dir() -> Path:
@@ -134,7 +154,7 @@ def build_rootfs(cache_dir: Path, *, force: bool = False) -> BaseRootfs:
     initrd = cache_dir / f"initrd-{key}"
     stamp = cache_dir / f"rootfs-{key}.done"
     if stamp.exists() and not force:
-        return BaseRootfs(final, kernel, initrd, key)
+        return BaseRootfs(final, kernel, initrd, key, *kernel_of_rootfs(final))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f"rootfs-{key}.tmp"
     for p in (tmp, final):
@@ -168,7 +188,21 @@ def build_rootfs(cache_dir: Path, *, force: bool = False) -> BaseRootfs:
     tmp.rename(final)
     stamp.write_text(json.dumps({"seconds": round(time.monotonic() - t0, 1), "key": key}))
     _log(f"base rootfs built in {time.monotonic() - t0:.1f} s -> {final}")
-    return BaseRootfs(final, kernel, initrd, key)
+    return BaseRootfs(final, kernel, initrd, key, *kernel_of_rootfs(final))
+
+
+def kernel_of_rootfs(rootfs: Path) -> tuple[str, str]:
+    """(release, package version) of the one kernel installed in a guest rootfs."""
+    releases = sorted(p.name for p in (rootfs / "usr/lib/modules").iterdir())
+    if len(releases) != 1:
+        raise RuntimeError(f"expected one kernel in {rootfs}, found {releases}")
+    release = releases[0]
+    r = subprocess.run(
+        ["dpkg-query", "--admindir", str(rootfs / "var/lib/dpkg"), "-W", "-f", "${Version}",
+         f"linux-image-{release}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return release, r.stdout.strip()
 
 
 def build_session_image(
@@ -176,26 +210,35 @@ def build_session_image(
     deb: Path,
     out_dir: Path,
     *,
-    size: str = "1536M",
+    size: str = "2048M",
+    name: str = "base.img",
+    extra_debs: tuple[Path, ...] = (),
+    test_modules: tuple[Path, ...] = (),
 ) -> GuestImage:
-    """Copy the base rootfs, install the .deb and the e2e runner, make an ext4 image."""
+    """Copy the base rootfs, install the .deb(s) and the e2e runner, make an ext4 image.
+
+    ``extra_debs`` are installed with the main one in a single ``dpkg -i`` (a
+    dumpsaver-dkms package builds its module for the guest kernel right there, in its
+    postinst, as apt does on a user's machine).  Each of ``test_modules``
+    is a kbuild directory built against the guest kernel's headers in the chroot; its
+    .ko goes to /usr/local/lib/e2e/ in the guest and is copied out as an artifact.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    artifacts: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix="rootfs.") as td:
         root = Path(td) / "root"
         subprocess.run(["cp", "-a", "--reflink=auto", str(base.rootfs), str(root)], check=True)
-        shutil.copyfile(deb, root / "tmp" / deb.name)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
-        env.pop("PYTHONPATH", None)
-        subprocess.run(
-            ["chroot", str(root), "dpkg", "-i", f"/tmp/{deb.name}"],
-            check=True,
-            env=env,
-            stdout=sys.stderr,
-        )
-        (root / "tmp" / deb.name).unlink()
+        debs = (deb, *extra_debs)
+        for d in debs:
+            shutil.copyfile(d, root / "tmp" / d.name)
+        _chroot(root, "dpkg", "-i", *(f"/tmp/{d.name}" for d in debs))
+        for d in debs:
+            (root / "tmp" / d.name).unlink()
+        for src in test_modules:
+            artifacts.update(_build_test_module(root, src, base.release, out_dir))
         install_runner(root)
-        image = out_dir / "base.img"
+        image = out_dir / name
         if image.exists():
             image.unlink()
         subprocess.run(
@@ -203,7 +246,38 @@ def build_session_image(
             check=True,
         )
     _log(f"session image built in {time.monotonic() - t0:.1f} s -> {image}")
-    return GuestImage(image, base.kernel, base.initrd)
+    return GuestImage(image, base.kernel, base.initrd, base.release, base.version, artifacts)
+
+
+def _chroot(root: Path, *cmd: str) -> None:
+    """Run ``cmd`` in the rootfs, with /proc mounted (kbuild and dkms look at it)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+    env.pop("PYTHONPATH", None)
+    script = 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"'
+    subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(root), *cmd],
+        check=True,
+        env=env,
+        stdout=sys.stderr,
+    )
+
+
+def _build_test_module(root: Path, src: Path, release: str, out_dir: Path) -> dict[str, Path]:
+    """Build a kbuild module directory in the chroot; install and copy out its .ko files."""
+    guest_src = root / "usr/src" / f"e2e-{src.name}"
+    shutil.copytree(src, guest_src)
+    rel = "/" + str(guest_src.relative_to(root))
+    _chroot(root, "make", "-s", "-C", f"/usr/lib/modules/{release}/build", f"M={rel}", "modules")
+    dest = root / "usr/local/lib/e2e"
+    dest.mkdir(parents=True, exist_ok=True)
+    found: dict[str, Path] = {}
+    for ko in guest_src.glob("*.ko"):
+        shutil.copyfile(ko, dest / ko.name)
+        shutil.copyfile(ko, out_dir / ko.name)
+        found[ko.name] = out_dir / ko.name
+    if not found:
+        raise RuntimeError(f"no .ko built in {src}")
+    return found
 
 
 def install_runner(root: Path) -> None:

@@ -12,17 +12,29 @@ from pathlib import Path
 
 RESERVED_START = 0x30000000
 RESERVED_SIZE = 16 << 20
-MEMMAP = f"memmap={RESERVED_SIZE >> 20}M${RESERVED_START:#x}"
-CMDLINE = [
-    "console=ttyS0",
-    "root=/dev/vda",
-    "rw",
-    MEMMAP,
-    "panic=1",
-    "panic_on_oops=1",
-    "mitigations=off",
-    "loglevel=4",
-]
+
+
+def memmap(start: int, size: int) -> str:
+    """The kernel parameter that reserves [start, start + size) in every boot."""
+    return f"memmap={size >> 20}M${start:#x}"
+
+
+def cmdline(start: int = RESERVED_START, size: int = RESERVED_SIZE) -> list[str]:
+    return [
+        "console=ttyS0",
+        "root=/dev/vda",
+        "rw",
+        memmap(start, size),
+        "panic=1",
+        # (6.1 has no panic_on_oops= boot parameter: it is the sysctl, or oops=panic)
+        "oops=panic",
+        "mitigations=off",
+        "loglevel=4",
+    ]
+
+
+MEMMAP = memmap(RESERVED_START, RESERVED_SIZE)
+CMDLINE = cmdline()
 
 
 @dataclass
@@ -66,7 +78,14 @@ def accel() -> str:
 
 
 def qemu_command(
-    image: Path, kernel: Path, initrd: Path, serial: Path, monitor: Path, *, memory: int = 1024
+    image: Path,
+    kernel: Path,
+    initrd: Path,
+    serial: Path,
+    monitor: Path,
+    *,
+    memory: int = 1024,
+    append: list[str] | None = None,
 ) -> list[str]:
     qemu = qemu_binary()
     if qemu is None:
@@ -87,7 +106,7 @@ def qemu_command(
         "-monitor", f"unix:{monitor},server=on,wait=off",
         "-kernel", str(kernel),
         "-initrd", str(initrd),
-        "-append", " ".join(CMDLINE),
+        "-append", " ".join(CMDLINE if append is None else append),
         "-drive", f"file={image},if=virtio,format=raw,cache=unsafe",
     ]  # fmt: skip
 
@@ -99,6 +118,7 @@ def boot(
     workdir: Path,
     *,
     timeout: float,
+    append: list[str] | None = None,
 ) -> BootRun:
     """Run QEMU until the guest powers off; kill it after ``timeout`` seconds.
 
@@ -107,7 +127,7 @@ def boot(
     """
     serial = workdir / "serial.log"
     monitor = workdir / "monitor.sock"
-    cmd = qemu_command(image, kernel, initrd, serial, monitor)
+    cmd = qemu_command(image, kernel, initrd, serial, monitor, append=append)
     (workdir / "qemu-cmd").write_text("\n".join(cmd) + "\n")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -10,4 +10,5 @@ apt-get install -y -qq --no-install-recommends \
     python3-setuptools python3-build python3-installer \
     python3-systemd python3-pystemd python3-psutil python3-yaml \
     python3-zstandard python3-lz4 \
-    lintian rpm
+    lintian rpm \
+    crash makedumpfile binutils

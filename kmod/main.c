@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dumpsaver: write an in-memory crash dump at panic, for dumpsaver to save
+ * at the next boot (docs/kernel-module.md, docs/format.md).
+ *
+ * Armed at load with the region it may write to.  Everything the panic
+ * path needs is prepared here.  The module refuses to arm (it loads, and
+ * says why in /sys/kernel/dumpsaver/reason) over a region that holds an
+ * unsaved dump, or that is not reserved memory: ordinary RAM in use, or
+ * anything else the resource tree does not show as Reserved.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/io.h>
+#include <linux/ioport.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include "dumpsaver.h"
+
+struct ds_state ds;
+
+static unsigned long region_start;
+module_param(region_start, ulong, 0444);
+MODULE_PARM_DESC(region_start, "Physical address of the dump region (page aligned)");
+
+static unsigned long region_size;
+module_param(region_size, ulong, 0444);
+MODULE_PARM_DESC(region_size, "Length of the dump region in bytes (whole pages)");
+
+static char *codec = "zlib";
+module_param(codec, charp, 0444);
+MODULE_PARM_DESC(codec, "Per-page compression: zlib (default), lz4 or zstd (load dumpsaver_lz4 or dumpsaver_zstd first)");
+
+static int level = 1;
+module_param(level, int, 0444);
+MODULE_PARM_DESC(level, "Compression level: zlib 1 (fastest, default) to 9, zstd 1 to 19; lz4 has none");
+
+static uint exclude = DS_DEFAULT_EXCLUDED;
+module_param(exclude, uint, 0444);
+MODULE_PARM_DESC(exclude, "Mask of page classes not saved (docs/format.md; default 0x78: free, user, cache)");
+
+static char *boot_id;
+module_param(boot_id, charp, 0444);
+MODULE_PARM_DESC(boot_id, "This boot's /proc/sys/kernel/random/boot_id, recorded in the dump");
+
+static unsigned long crash_notes[DS_MAX_CPUS];
+static int nr_crash_notes;
+module_param_array(crash_notes, ulong, &nr_crash_notes, 0444);
+MODULE_PARM_DESC(crash_notes, "Physical address of each CPU's crash_notes, in CPU order (/sys/devices/system/cpu/cpuN/crash_notes)");
+
+static unsigned long text_start;
+module_param(text_start, ulong, 0444);
+MODULE_PARM_DESC(text_start, "Physical start of the kernel's text and rodata (/proc/iomem \"Kernel code\"), saved as class kernel_text");
+
+static unsigned long text_end;
+module_param(text_end, ulong, 0444);
+MODULE_PARM_DESC(text_end, "Physical end (exclusive) of the kernel's text and rodata; without both, every reserved page is kernel data");
+
+static unsigned long image_end;
+module_param(image_end, ulong, 0444);
+MODULE_PARM_DESC(image_end, "Physical end (exclusive) of the kernel image's data and bss (/proc/iomem \"Kernel bss\"): saved first");
+
+static int reboot = 1;
+module_param(reboot, int, 0444);
+MODULE_PARM_DESC(reboot, "Emergency restart after writing: 0 never, 1 when panic would hang (panic=0, default), 2 always");
+
+static void ds_refuse(const char *why)
+{
+	strscpy(ds.reason, why, sizeof(ds.reason));
+	pr_warn("not armed: %s\n", why);
+}
+
+/* The region must be reserved memory, no part of it System RAM. */
+static bool ds_region_safe(void)
+{
+	if (region_intersects(ds.start, ds.size, IORESOURCE_SYSTEM_RAM,
+			      IORES_DESC_NONE) != REGION_DISJOINT) {
+		ds_refuse("the region overlaps System RAM in use by the kernel");
+		return false;
+	}
+	if (region_intersects(ds.start, ds.size, IORESOURCE_MEM,
+			      IORES_DESC_RESERVED) != REGION_INTERSECTS) {
+		ds_refuse("the region is not reserved memory (memmap=SIZE$ADDR)");
+		return false;
+	}
+	return true;
+}
+
+static int ds_check_params(void)
+{
+	if (!region_size || !PAGE_ALIGNED(region_start) ||
+	    !PAGE_ALIGNED(region_size) || region_start + region_size < region_start) {
+		pr_err("region_start and region_size must be given, page aligned\n");
+		return -EINVAL;
+	}
+	ds.codec = ds_codec_parse(codec);
+	if ((int)ds.codec < 0) {
+		pr_err("unknown codec %s (zlib, lz4, zstd)\n", codec);
+		return -EINVAL;
+	}
+	if (level < 1 || level > (ds.codec == DS_CODEC_ZLIB ? 9 : 19) ||
+	    exclude >> DS_NR_CLASSES || reboot < 0 || reboot > 2) {
+		pr_err("level is 1-9 (zstd 1-19), exclude below 0x100, reboot 0-2\n");
+		return -EINVAL;
+	}
+	if (ds_codec_get(ds.codec)) {
+		pr_err("codec %s needs its module loaded first (modprobe dumpsaver_%s)\n",
+		       codec, codec);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+static void ds_release(void)
+{
+	ds_ram_exit();
+	ds_meta_free();
+	ds_compressor_free(&ds.zpanic);
+	ds_compressor_free(&ds.zestimate);
+	ds_codec_put();
+	kfree(ds.page_buf);
+	kfree(ds.estimate_buf);
+	if (ds.area)
+		memunmap(ds.area);
+}
+
+static int __init ds_init(void)
+{
+	int ret = ds_check_params();
+
+	if (ret)
+		return ret;
+	mutex_init(&ds.estimate_lock);
+	ds.start = region_start;
+	ds.size = region_size;
+	ds.level = level;
+	ds.excluded = exclude;
+	ds.reboot = reboot;
+	if (text_end > text_start) {
+		ds.text_pfn_start = PFN_DOWN(text_start);
+		ds.text_pfn_end = PFN_UP(text_end);
+	}
+	if (image_end > text_end)
+		ds.image_pfn_end = PFN_UP(image_end);
+
+	ret = ds_ram_init();
+	if (ret) {
+		pr_err("cannot read the System RAM ranges (%d)\n", ret);
+		goto fail;
+	}
+	ret = -ENOMEM;
+	ds.page_buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	ds.estimate_buf = kmalloc(2 * PAGE_SIZE, GFP_KERNEL);
+	if (!ds.page_buf || !ds.estimate_buf)
+		goto fail;
+	ret = ds_compressor_init(&ds.zpanic, level);
+	if (!ret)
+		ret = ds_compressor_init(&ds.zestimate, level);
+	if (!ret)
+		ret = ds_meta_init(boot_id, crash_notes, nr_crash_notes);
+	if (ret) {
+		pr_err("cannot prepare the panic path (%d)\n", ret);
+		goto fail;
+	}
+
+	if (ds_region_safe()) {
+		ds.area = memremap(ds.start, ds.size, MEMREMAP_WB);
+		if (!ds.area)
+			ds_refuse("cannot map the region");
+		else if (ds_header_valid(ds.area, ds.size))
+			ds_refuse("an unsaved dump is in the region: save it first");
+		else
+			ds.armed = true;
+	}
+	ret = ds_sysfs_init();
+	if (ret)
+		goto fail;
+	ret = ds_panic_init();
+	if (ret) {
+		ds_sysfs_exit();
+		goto fail;
+	}
+	if (ds.armed)
+		pr_info("armed: %llu MiB at %pa, %s, %d CPU notes\n",
+			ds.size >> 20, &ds.start, ds_codec_name(ds.codec),
+			ds.nr_notes);
+	return 0;
+fail:
+	ds_release();
+	return ret;
+}
+
+static void __exit ds_exit(void)
+{
+	ds_panic_exit();
+	ds_sysfs_exit();
+	ds_release();
+}
+
+module_init(ds_init);
+module_exit(ds_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Write an in-memory crash dump at panic for dumpsaver");
+MODULE_AUTHOR("dumpsaver developers");
