@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dumpsaver import config, retention
+from dumpsaver.errors import Exit
 from dumpsaver.upload import local
 from tests.upload.conftest import BUCKET, Dumps, one_line_error
 from tests.upload.servers import Weed
@@ -169,7 +170,7 @@ def test_wrong_credentials_never_shown(weed: Weed, dumps: Dumps) -> None:
     st = subprocess.run([sys.executable, "-m", "dumpsaver", "--config", str(dumps.config),
                          "status", "--json", "--dest", str(dumps.dest), "--cmdline", "/dev/null",
                          "--sysfs", str(dumps.root / "nosysfs")], capture_output=True, text=True)
-    assert st.returncode == 0, st.stderr
+    assert st.returncode == Exit.NOT_READY, st.stderr  # no dump area here: the verdict
     for secret in (weed.access_key, wrong):
         assert secret not in st.stdout + st.stderr
     assert_not_complete(weed, dumps, name)
