@@ -22,7 +22,7 @@ from typing import Any
 
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec
-from dumpsaver.decode import Dump
+from dumpsaver.decode import Dump, Scan
 from dumpsaver.errors import DumpsaverError, FormatError
 from dumpsaver.physmem import PhysMem, Range
 from dumpsaver.readback import elf_pages as read_elf_pages
@@ -56,6 +56,19 @@ def make_machine(
 
 
 load_machine = load
+
+
+def walk_pages(d: Dump, s: Scan) -> Iterator[tuple[int, bytes | None, bool]]:
+    """Pass two's pages, each with whether pass two counted it damaged (a damaged
+    page is yielded too, as zeros: the caller decides what that means)."""
+    it = d.pages(s)
+    while True:
+        before = s.nr_damaged
+        try:
+            pfn, page = next(it)
+        except StopIteration:
+            return
+        yield pfn, page, s.nr_damaged > before
 
 
 # -- access recording (confinement) ------------------------------------------------------
@@ -445,14 +458,8 @@ class Bench:
         s = d.scan()
         got: dict[int, bytes | None] = {}
         changed_later = 0
-        it = d.pages(s)
-        while True:
-            before = s.nr_damaged
-            try:
-                pfn, page = next(it)
-            except StopIteration:
-                break
-            if s.nr_damaged > before:  # counted as damaged in pass two: must be zeros
+        for pfn, page, damaged in walk_pages(d, s):
+            if damaged:  # counted as damaged in pass two: must be zeros
                 changed_later += 1
                 if page != self.zero:
                     o.problems.append(f"damaged page {pfn} yielded non-zero bytes")

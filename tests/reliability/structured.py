@@ -39,7 +39,7 @@ from dumpsaver.errors import DumpsaverError
 from dumpsaver.physmem import PhysMem
 
 from ..machine import Sim
-from .harness import SHM, Recorder, layout_of
+from .harness import SHM, Recorder, layout_of, walk_pages
 
 #: Bytes read from memory per case, at most this many times the dump area (+ one MiB
 #: window): pass one, pass two, and the window cache's re-reads.
@@ -277,14 +277,8 @@ class Runner:
                 r.opened = True
                 s = d.scan()
                 got: dict[int, bytes] = {}
-                it = d.pages(s)
-                while True:
-                    before = s.nr_damaged
-                    try:
-                        pfn, page = next(it)
-                    except StopIteration:
-                        break
-                    if s.nr_damaged == before:
+                for pfn, page, damaged in walk_pages(d, s):
+                    if not damaged:
                         got[pfn] = page if page is not None else self.zero
                 r.good, r.damaged = len(got), s.nr_damaged
         except DumpsaverError as e:
