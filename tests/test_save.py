@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -9,6 +10,7 @@ import os
 import signal
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,19 +121,26 @@ def test_minfree_is_respected(make_sim, tmp_path) -> None:  # type: ignore[no-un
     assert r.returncode == EXIT_NO_SPACE and "1.0 TiB minfree" in r.stderr
 
 
-def test_second_saver_refuses_clearly(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    sim = make_sim(memory=8 << 20)
-    dest = tmp_path / "dumps"
+@contextlib.contextmanager
+def _dest_locked(dest: Path) -> Iterator[None]:
+    """Hold the dump directory's lock as another saver would."""
     dest.mkdir(mode=0o700)
     fd = os.open(dest / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_second_saver_refuses_clearly(make_sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sim = make_sim(memory=8 << 20)
+    dest = tmp_path / "dumps"
+    with _dest_locked(dest):
         r = run_cli("save", *sim.cli_args(dest), "--no-restart")
         assert r.returncode == EXIT_BUSY and "another dumpsaver" in r.stderr
         r = run_cli("save", *sim.cli_args(dest), "--no-restart", "--wait", "0.3")
         assert r.returncode == EXIT_BUSY
-    finally:
-        os.close(fd)
     assert sim.magic() == fmt.MAGIC
     assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == 0
 
@@ -140,14 +149,9 @@ def test_busy_lock_is_not_a_failed_attempt(make_sim, tmp_path) -> None:  # type:
     """Concurrent runs must not use up max_attempts (issue 8)."""
     sim = make_sim(memory=8 << 20)
     dest = tmp_path / "dumps"
-    dest.mkdir(mode=0o700)
-    fd = os.open(dest / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
+    with _dest_locked(dest):
         for _ in range(4):  # more than max_attempts (3)
             assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == EXIT_BUSY
-    finally:
-        os.close(fd)
     assert not (tmp_path / "state" / "attempts.json").exists()
     assert run_cli("save", *sim.cli_args(dest), "--no-restart").returncode == 0
 
