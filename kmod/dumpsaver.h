@@ -33,14 +33,34 @@ struct ds_compressor {
 	void *ctx;			/* what the codec's init() returned */
 };
 
+/* What the region is (sysfs "mode"). */
+enum ds_mode {
+	DS_MODE_UNKNOWN,	/* refused before that was known */
+	DS_MODE_RESERVED,	/* reserved memory, never RAM (memmap=SIZE$ADDR) */
+	DS_MODE_MOVABLE,	/* online RAM in ZONE_MOVABLE (memmap=! given back) */
+};
+
 struct ds_state {
-	/* The region the dump may be written to (memremap, never claimed). */
+	/*
+	 * The region the dump may be written to, never claimed: reserved
+	 * memory mapped with memremap, or online movable RAM used through the
+	 * direct map.  Its pfns are never part of the dump.
+	 */
 	phys_addr_t start;
 	u64 size;
+	unsigned long region_pfn_start;
+	unsigned long region_pfn_end;	/* one past the last */
 	u8 *area;
+	bool area_remapped;		/* memunmap at unload */
+	enum ds_mode mode;
 
+	/*
+	 * armed and reason change at load and when memory hotplug takes part
+	 * of a movable region away (arm_lock); the panic path reads armed.
+	 */
 	bool armed;
 	char reason[DS_REASON_LEN];	/* why not armed, or "" */
+	struct mutex arm_lock;
 	u32 codec;
 	u32 excluded;
 	int level;
@@ -85,6 +105,9 @@ extern struct ds_state ds;
 typedef bool (*ds_run_fn)(unsigned long pfn, unsigned long n, int class,
 			  void *arg);
 int ds_ram_init(void);
+u64 ds_region_ram_bytes(void);
+bool ds_region_movable(char *why, size_t len);
+u64 ds_region_in_use(void);
 void ds_ram_exit(void);
 unsigned long ds_mem_pages(void);
 bool ds_walk(ds_run_fn fn, void *arg);
@@ -112,6 +135,9 @@ void ds_meta_write(struct ds_enc *e, const char *panic_msg, u64 crash_ns,
 int ds_panic_init(void);
 void ds_panic_exit(void);
 u64 ds_estimate(u64 *kept_pages, u64 counts[DS_NR_CLASSES]);
+
+/* main.c */
+void ds_disarm(const char *why);
 
 /* sysfs.c */
 int ds_sysfs_init(void);

@@ -4,10 +4,13 @@
  * at the next boot (docs/kernel-module.md, docs/format.md).
  *
  * Armed at load with the region it may write to.  Everything the panic
- * path needs is prepared here.  The module refuses to arm (it loads, and
- * says why in /sys/kernel/dumpsaver/reason) over a region that holds an
- * unsaved dump, or that is not reserved memory: ordinary RAM in use, or
- * anything else the resource tree does not show as Reserved.
+ * path needs is prepared here.  The region is either reserved memory
+ * (memmap=SIZE$ADDR), or legacy persistent memory (memmap=SIZE!ADDR) given
+ * back to the page allocator as movable RAM, which holds only pages a dump
+ * never keeps.  The module refuses to arm (it loads, and says why in
+ * /sys/kernel/dumpsaver/reason) over a reserved region that holds an unsaved
+ * dump, over RAM that is not all online in ZONE_MOVABLE, and over anything
+ * else: boot RAM, or what the resource tree does not show as Reserved.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -72,20 +75,64 @@ static void ds_refuse(const char *why)
 	pr_warn("not armed: %s\n", why);
 }
 
-/* The region must be reserved memory, no part of it System RAM. */
-static bool ds_region_safe(void)
+void ds_disarm(const char *why)
 {
-	if (region_intersects(ds.start, ds.size, IORESOURCE_SYSTEM_RAM,
-			      IORES_DESC_NONE) != REGION_DISJOINT) {
-		ds_refuse("the region overlaps System RAM in use by the kernel");
-		return false;
-	}
+	lockdep_assert_held(&ds.arm_lock);
+	ds.armed = false;
+	ds_refuse(why);
+}
+
+/* A reserved region: memory the kernel never uses, mapped write-back. */
+static void ds_arm_reserved(void)
+{
+	ds.mode = DS_MODE_RESERVED;
 	if (region_intersects(ds.start, ds.size, IORESOURCE_MEM,
 			      IORES_DESC_RESERVED) != REGION_INTERSECTS) {
-		ds_refuse("the region is not reserved memory (memmap=SIZE$ADDR)");
-		return false;
+		ds_refuse("the region is not reserved memory (memmap=SIZE$ADDR) nor RAM given back as movable (memmap=SIZE!ADDR)");
+		return;
 	}
-	return true;
+	ds.area = memremap(ds.start, ds.size, MEMREMAP_WB);
+	if (!ds.area) {
+		ds_refuse("cannot map the region");
+		return;
+	}
+	ds.area_remapped = true;
+	if (ds_header_valid(ds.area, ds.size))
+		ds_refuse("an unsaved dump is in the region: save it first");
+	else
+		ds.armed = true;
+}
+
+/*
+ * A movable region: online RAM, written through the direct map.  No dump
+ * can wait there unsaved (the saver gives the range back only once its copy
+ * is durable), and its content is other owners' pages: no header check.
+ */
+static void ds_arm_movable(void)
+{
+	char why[DS_REASON_LEN];
+
+	ds.mode = DS_MODE_MOVABLE;
+	if (!ds_region_movable(why, sizeof(why))) {
+		ds_refuse(why);
+		return;
+	}
+	ds.area = pfn_to_kaddr(ds.region_pfn_start);
+	ds.armed = true;
+}
+
+static void ds_arm(void)
+{
+	u64 ram = ds_region_ram_bytes();
+
+	mutex_lock(&ds.arm_lock);
+	if (!ram)
+		ds_arm_reserved();
+	else if (ram == ds.size)
+		ds_arm_movable();
+	else
+		ds_refuse("the region is partly System RAM: give exactly the memory blocks onlined movable, or reserved memory");
+	mutex_unlock(&ds.arm_lock);
 }
 
 static int ds_check_params(void)
@@ -122,7 +169,7 @@ static void ds_release(void)
 	ds_codec_put();
 	kfree(ds.page_buf);
 	kfree(ds.estimate_buf);
-	if (ds.area)
+	if (ds.area_remapped)
 		memunmap(ds.area);
 }
 
@@ -133,8 +180,11 @@ static int __init ds_init(void)
 	if (ret)
 		return ret;
 	mutex_init(&ds.estimate_lock);
+	mutex_init(&ds.arm_lock);
 	ds.start = region_start;
 	ds.size = region_size;
+	ds.region_pfn_start = PFN_DOWN(region_start);
+	ds.region_pfn_end = PFN_DOWN(region_start + region_size);
 	ds.level = level;
 	ds.excluded = exclude;
 	ds.reboot = reboot;
@@ -165,15 +215,7 @@ static int __init ds_init(void)
 		goto fail;
 	}
 
-	if (ds_region_safe()) {
-		ds.area = memremap(ds.start, ds.size, MEMREMAP_WB);
-		if (!ds.area)
-			ds_refuse("cannot map the region");
-		else if (ds_header_valid(ds.area, ds.size))
-			ds_refuse("an unsaved dump is in the region: save it first");
-		else
-			ds.armed = true;
-	}
+	ds_arm();
 	ret = ds_sysfs_init();
 	if (ret)
 		goto fail;
@@ -183,9 +225,10 @@ static int __init ds_init(void)
 		goto fail;
 	}
 	if (ds.armed)
-		pr_info("armed: %llu MiB at %pa, %s, %d CPU notes\n",
-			ds.size >> 20, &ds.start, ds_codec_name(ds.codec),
-			ds.nr_notes);
+		pr_info("armed: %llu MiB at %pa (%s), %s, %d CPU notes\n",
+			ds.size >> 20, &ds.start,
+			ds.mode == DS_MODE_MOVABLE ? "movable RAM" : "reserved",
+			ds_codec_name(ds.codec), ds.nr_notes);
 	return 0;
 fail:
 	ds_release();

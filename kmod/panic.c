@@ -104,8 +104,9 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 	ds_caller_regs(&regs);
 	t0 = ktime_get_mono_fast_ns();
 	info.crash_time_ns = ktime_get_real_fast_ns();
-	pr_emerg("dumpsaver: writing the dump to %pa (%llu MiB)\n", &ds.start,
-		 ds.size >> 20);
+	pr_emerg("dumpsaver: writing the dump to %pa (%llu MiB, %s)\n",
+		 &ds.start, ds.size >> 20,
+		 ds.mode == DS_MODE_MOVABLE ? "movable RAM" : "reserved");
 	if (ds_enc_begin(&e))
 		return NOTIFY_DONE;
 	ds_meta_write(&e, msg, info.crash_time_ns, &regs, &info.nr_cpus);

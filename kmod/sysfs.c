@@ -33,6 +33,18 @@ static ssize_t region_show(struct kobject *k, struct kobj_attribute *a,
 			  (u64)ds.start + ds.size - 1);
 }
 
+static ssize_t mode_show(struct kobject *k, struct kobj_attribute *a,
+			 char *buf)
+{
+	static const char *const names[] = {
+		[DS_MODE_UNKNOWN] = "unknown",
+		[DS_MODE_RESERVED] = "reserved",
+		[DS_MODE_MOVABLE] = "movable",
+	};
+
+	return sysfs_emit(buf, "%s\n", names[ds.mode]);
+}
+
 static ssize_t codec_show(struct kobject *k, struct kobj_attribute *a,
 			  char *buf)
 {
@@ -53,7 +65,8 @@ static ssize_t estimate_show(struct kobject *k, struct kobj_attribute *a,
 
 	bytes = ds_estimate(&kept, counts);
 	len = sysfs_emit(buf, "kept_pages %llu\nestimate_bytes %llu\n"
-			 "region_bytes %llu\n", kept, bytes, ds.size);
+			 "region_bytes %llu\nregion_in_use %llu\n", kept, bytes,
+			 ds.size, ds_region_in_use());
 	for (i = 0; i < DS_NR_CLASSES; i++)
 		len += sysfs_emit_at(buf, len, "%s %llu\n", ds_class_names[i],
 				     counts[i]);
@@ -64,6 +77,7 @@ static struct kobj_attribute ds_attrs[] = {
 	__ATTR(armed, 0400, armed_show, NULL),
 	__ATTR(reason, 0400, reason_show, NULL),
 	__ATTR(region, 0400, region_show, NULL),
+	__ATTR(mode, 0400, mode_show, NULL),
 	__ATTR(codec, 0400, codec_show, NULL),
 	__ATTR(excluded, 0400, excluded_show, NULL),
 	__ATTR(estimate, 0400, estimate_show, NULL),
