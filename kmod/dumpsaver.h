@@ -33,9 +33,9 @@ struct ds_compressor {
 	void *ctx;			/* what the codec's init() returned */
 };
 
-/* What the region is (sysfs "mode"). */
+/* What the module is armed over (sysfs "mode"). */
 enum ds_mode {
-	DS_MODE_UNKNOWN,	/* refused before that was known */
+	DS_MODE_NONE,		/* not armed */
 	DS_MODE_RESERVED,	/* reserved memory, never RAM (memmap=SIZE$ADDR) */
 	DS_MODE_MOVABLE,	/* online RAM in ZONE_MOVABLE (memmap=! given back) */
 };

@@ -85,7 +85,6 @@ void ds_disarm(const char *why)
 /* A reserved region: memory the kernel never uses, mapped write-back. */
 static void ds_arm_reserved(void)
 {
-	ds.mode = DS_MODE_RESERVED;
 	if (region_intersects(ds.start, ds.size, IORESOURCE_MEM,
 			      IORES_DESC_RESERVED) != REGION_INTERSECTS) {
 		ds_refuse("the region is not reserved memory (memmap=SIZE$ADDR) nor RAM given back as movable (memmap=SIZE!ADDR)");
@@ -97,10 +96,12 @@ static void ds_arm_reserved(void)
 		return;
 	}
 	ds.area_remapped = true;
-	if (ds_header_valid(ds.area, ds.size))
+	if (ds_header_valid(ds.area, ds.size)) {
 		ds_refuse("an unsaved dump is in the region: save it first");
-	else
-		ds.armed = true;
+		return;
+	}
+	ds.mode = DS_MODE_RESERVED;
+	ds.armed = true;
 }
 
 /*
@@ -112,12 +113,12 @@ static void ds_arm_movable(void)
 {
 	char why[DS_REASON_LEN];
 
-	ds.mode = DS_MODE_MOVABLE;
 	if (!ds_region_movable(why, sizeof(why))) {
 		ds_refuse(why);
 		return;
 	}
 	ds.area = pfn_to_kaddr(ds.region_pfn_start);
+	ds.mode = DS_MODE_MOVABLE;
 	ds.armed = true;
 }
 

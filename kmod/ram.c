@@ -110,6 +110,7 @@ static int ds_memory_event(struct notifier_block *nb, unsigned long action,
 			ret = notifier_from_errno(-EBUSY);
 		} else if (action == MEM_OFFLINE && ds.armed) {
 			ds_disarm("part of the region went offline (memory hotplug)");
+			ds.mode = DS_MODE_NONE;
 		}
 	}
 	mutex_unlock(&ds.arm_lock);

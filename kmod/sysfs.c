@@ -37,7 +37,7 @@ static ssize_t mode_show(struct kobject *k, struct kobj_attribute *a,
 			 char *buf)
 {
 	static const char *const names[] = {
-		[DS_MODE_UNKNOWN] = "unknown",
+		[DS_MODE_NONE] = "none",
 		[DS_MODE_RESERVED] = "reserved",
 		[DS_MODE_MOVABLE] = "movable",
 	};
