@@ -64,6 +64,10 @@ PACKAGES = [
     "dkms",
     "gcc",
     "make",
+    # memmap=SIZE!ADDR: the dump region as legacy persistent memory, given back to the
+    # page allocator as movable RAM (namespace to devdax, device to system-ram)
+    "ndctl",
+    "daxctl",
 ]
 INITRAMFS_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c"]
 
@@ -94,9 +98,11 @@ rel=$(ls "$root/usr/lib/modules")
 chroot "$root" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "linux-headers-$rel" >&2
 # Kernel modules are ~300 MB and the initramfs has what the boot needs.  Keep only the
-# compressors dumpsaver's module can use when they are loaded (lz4, zstd).
+# compressors dumpsaver's module can use when they are loaded (lz4, zstd), and legacy
+# persistent memory with the dax drivers (nd_e820, nd_pmem, dax_pmem, device_dax, kmem).
 mods="$root/usr/lib/modules/$rel/kernel"
-find "$mods" -name '*.ko*' ! -path "$mods/lib/lz4/*" ! -path "$mods/lib/zstd/*" -delete
+find "$mods" -name '*.ko*' ! -path "$mods/lib/lz4/*" ! -path "$mods/lib/zstd/*" \
+    ! -path "$mods/drivers/nvdimm/*" ! -path "$mods/drivers/dax/*" -delete
 find "$mods" -depth -type d -empty -delete
 chroot "$root" depmod "$rel"
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \

@@ -14,17 +14,18 @@ RESERVED_START = 0x30000000
 RESERVED_SIZE = 16 << 20
 
 
-def memmap(start: int, size: int) -> str:
-    """The kernel parameter that reserves [start, start + size) in every boot."""
-    return f"memmap={size >> 20}M${start:#x}"
+def memmap(start: int, size: int, kind: str = "$") -> str:
+    """The kernel parameter that reserves [start, start + size) in every boot: ``$``
+    reserved memory, ``!`` legacy persistent memory (given back as RAM by daxctl)."""
+    return f"memmap={size >> 20}M{kind}{start:#x}"
 
 
-def cmdline(start: int = RESERVED_START, size: int = RESERVED_SIZE) -> list[str]:
+def cmdline(start: int = RESERVED_START, size: int = RESERVED_SIZE, kind: str = "$") -> list[str]:
     return [
         "console=ttyS0",
         "root=/dev/vda",
         "rw",
-        memmap(start, size),
+        memmap(start, size, kind),
         "panic=1",
         # (6.1 has no panic_on_oops= boot parameter: it is the sysctl, or oops=panic)
         "oops=panic",
@@ -119,6 +120,7 @@ def boot(
     *,
     timeout: float,
     append: list[str] | None = None,
+    memory: int = 1024,
 ) -> BootRun:
     """Run QEMU until the guest powers off; kill it after ``timeout`` seconds.
 
@@ -127,7 +129,7 @@ def boot(
     """
     serial = workdir / "serial.log"
     monitor = workdir / "monitor.sock"
-    cmd = qemu_command(image, kernel, initrd, serial, monitor, append=append)
+    cmd = qemu_command(image, kernel, initrd, serial, monitor, append=append, memory=memory)
     (workdir / "qemu-cmd").write_text("\n".join(cmd) + "\n")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -66,6 +66,8 @@ def run_scenario(
     timings: dict[str, float],
     *,
     append: list[str] | None = None,
+    memory: int = 1024,
+    timeout: float | None = None,
 ) -> Scenario:
     wd = workdir / name
     wd.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,9 @@ def run_scenario(
     img = guest_image.scenario_image(guest, disk, files)
     t0 = time.monotonic()
     run = qemu.boot(
-        img.image, img.kernel, img.initrd, wd, timeout=qemu.scenario_timeout(), append=append
-    )
+        img.image, img.kernel, img.initrd, wd,
+        timeout=timeout or qemu.scenario_timeout(), append=append, memory=memory,
+    )  # fmt: skip
     timings[f"{name}_qemu_s"] = round(time.monotonic() - t0, 1)
     out = wd / "disk"
     sc = Scenario(
