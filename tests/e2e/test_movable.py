@@ -202,12 +202,19 @@ def test_module_refuses_what_is_not_online_movable(movable: Scenario) -> None:
     assert "rc=0" in (movable.run_dir(4) / "offline-disarmed").read_text()
 
 
-def test_armed_over_movable_range_and_kept_online(movable: Scenario) -> None:
+def test_armed_over_movable_range_and_kept_online(
+    movable: Scenario, e2e_timings: dict[str, Any]
+) -> None:
     start, size = kmem(movable)
     for run in (1, 3, 4):
         st = jload(movable, run, "arm-movable.json")
         assert st["armed"] == "1" and st["mode"] == "movable", (run, st)
         assert st["region"] == f"{start:016x}-{start + size - 1:016x}", st
+    # healthy and armed, the range given back (docs: against memmap=$ of the same size)
+    for line in (movable.run_dir(3) / "meminfo").read_text().splitlines():
+        k, v = line.split(":", 1)
+        if k in ("MemTotal", "MemAvailable", "MemFree"):
+            e2e_timings[f"movable_armed_{k}_kb"] = int(v.split()[0])
     # the memory hotplug notifier refuses to offline the range while armed
     offline = (movable.run_dir(1) / "offline-while-armed").read_text()
     assert "rc=0" not in offline, offline
