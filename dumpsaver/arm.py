@@ -3,7 +3,10 @@ the reserved region, after the boot's save has emptied it.
 
 Arming, in order:
 
-1. find the region by the saver's own rules (dumpsaver.locate);
+1. find the region by the saver's own rules (dumpsaver.locate): with memmap=!
+   persistent memory, the dump range (dumpsaver.pmem.dump_range), which must be
+   online in ZONE_MOVABLE, every memory block of it (checked here first, with a
+   reason; the module checks again);
 2. refuse while a dump waits there unsaved (the module refuses too);
 3. set ``crash_kexec_post_notifiers``, so that panic() saves the other CPUs'
    registers into their crash_notes before the module's notifier runs;
@@ -30,6 +33,7 @@ from typing import Any
 
 from dumpsaver.errors import DumpsaverError, FormatError
 from dumpsaver.locate import Candidate
+from dumpsaver.pmem import PmemArea
 from dumpsaver.sizes import human
 
 MODULE = "dumpsaver"
@@ -233,6 +237,8 @@ def arm(
                              "dumpsaver.cfg) or name a region in the configuration")
     cand = cands[0]
     region = cand.ranges[0]
+    if cand.pmem is not None:
+        check_movable(cand.pmem)
     try:
         mem, _ = open_dump(cand, mem_path)
     except FormatError:
@@ -261,6 +267,30 @@ def arm(
     if not st.armed:
         raise DumpsaverError(f"the module did not arm: {st.reason}")
     return st
+
+
+def check_movable(area: PmemArea) -> None:
+    """memmap=! memory: the module writes over the dump range (pmem.dump_range) only
+    while every memory block of it is online in ZONE_MOVABLE (it holds user and
+    page-cache pages only, which a dump never keeps).  Say why not, before loading."""
+    from dumpsaver.hotplug import movable_state
+
+    if area.dump is None:
+        raise DumpsaverError(f"{area.describe()}: its dump range is not known yet",
+                             hint="dumpsaver save gives the range back at boot "
+                             "(ndctl and daxctl must be installed)")
+    if not area.given_back:
+        raise DumpsaverError(
+            f"the memmap=! range {area.dump} is not online RAM yet ({area.describe()})",
+            hint="dumpsaver save gives it back once no dump waits there; by hand: "
+            f"daxctl reconfigure-device --mode=system-ram {area.dax.name if area.dax else '...'}")
+    _, bad = movable_state(area)
+    if bad:
+        raise DumpsaverError(
+            f"the memmap=! range {area.dump} is not all online in ZONE_MOVABLE: "
+            + ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""),
+            hint="online its blocks movable (daxctl online-memory --movable, or echo "
+            "online_movable > /sys/devices/system/memory/memoryN/state)")
 
 
 # -- the command line (wired into dumpsaver.commands) -----------------------------------

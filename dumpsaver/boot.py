@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from dumpsaver import journal, selftest, state
+from dumpsaver import hotplug, journal, selftest, state
 from dumpsaver.catalogue import identity
 from dumpsaver.config import Config
 from dumpsaver.decode import Dump
@@ -34,9 +34,10 @@ from dumpsaver.errors import (
     FormatError,
     NoDumpError,
 )
-from dumpsaver.locate import Candidate, candidates
-from dumpsaver.physmem import PhysMem
-from dumpsaver.release import release_sysfs
+from dumpsaver.locate import Candidate, LocateMethod, candidates, parse_memmap_pmem
+from dumpsaver.physmem import PhysMem, Range
+from dumpsaver.pmem import PmemPaths
+from dumpsaver.release import hand_back
 from dumpsaver.restart import RestartAction, request_restart
 from dumpsaver.sanitize import clean_text
 from dumpsaver.save import SaveStatus, area_locked, open_dump, save, stream_save
@@ -60,10 +61,40 @@ class Where:
     iomem: Path
     dest: Path
     state_dir: Path
+    pmem: PmemPaths = field(default_factory=PmemPaths)
 
-    def candidates(self, cfg: Config) -> list[Candidate]:
+    def candidates(self, cfg: Config, notes: list[str] | None = None) -> list[Candidate]:
         return candidates(sysfs=self.sysfs, cmdline=self.cmdline, iomem=self.iomem,
-                          use_memmap=cfg.use_memmap, regions=cfg.regions)
+                          use_memmap=cfg.use_memmap, regions=cfg.regions,
+                          pmem_paths=self.pmem, notes=notes)
+
+    def pmem_ranges(self, cfg: Config) -> list[Range]:
+        """The memmap=! ranges of the kernel command line (none when use_memmap is off)."""
+        if not cfg.use_memmap or self.cmdline is None:
+            return []
+        try:
+            with open(self.cmdline, "rb") as f:
+                return parse_memmap_pmem(f.read(1 << 16).decode("ascii", "replace"))
+        except OSError:
+            return []
+
+
+def prepare_pmem(cfg: Config, where: Where) -> list[str]:
+    """memmap=! on the command line: load the nd and dax modules and wait (at most
+    ``pmem_wait`` seconds) for the devices; what is still missing, as notes.  Nothing
+    at all on a machine without memmap=!."""
+    wanted = where.pmem_ranges(cfg)
+    if not wanted:
+        return []
+    notes = []
+    if hotplug.wait_for(where.pmem, wanted, 0.0):
+        err = hotplug.load_modules(where.pmem)
+        if err:
+            notes.append(f"loading the persistent memory modules: {err}")
+    missing = hotplug.wait_for(where.pmem, wanted, cfg.pmem_wait)
+    for m in missing:
+        notes.append(f"after waiting {cfg.pmem_wait} s: {m}")
+    return notes
 
 
 @dataclass
@@ -109,23 +140,22 @@ def find_dump(
     ``finish_release``: an area whose header says "already saved" still has its sysfs
     release done (a save interrupted between invalidating the header and the release
     would otherwise keep the memory reserved for the whole boot)."""
-    notes = []
+    notes: list[str] = []
     problem: FormatError | None = None
-    for cand in where.candidates(cfg):
+    for cand in where.candidates(cfg, notes):
         try:
             mem, dump = open_dump(cand, where.mem, force=force)
         except AlreadySavedError as e:
             notes.append(f"{cand.source}: {e.message}")
-            if finish_release and cand.release:
-                try:
-                    with area_locked(cand, where.mem, 0.0):
-                        release_sysfs(cand)
-                    notes.append(f"{cand.source}: finished its release")
-                except DumpsaverError as r:
-                    notes.append(r.message)
+            if finish_release and (cand.release or cand.pmem):
+                _finish_release(cand, where, notes)
             continue
         except NoDumpError as e:
             notes.append(f"{cand.source}: {e.message}")
+            if finish_release and cand.pmem is not None and not cand.pmem.given_back:
+                # memmap=! memory reserved again with no dump in it (a clean reboot,
+                # stale user pages: the magic decides): back to the system
+                _finish_release(cand, where, notes)
             continue
         except FormatError as e:
             problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
@@ -136,6 +166,24 @@ def find_dump(
     return None, None, None, notes
 
 
+def _finish_release(cand: Candidate, where: Where, notes: list[str]) -> None:
+    try:
+        with area_locked(cand, where.mem, 0.0):
+            gave = hand_back(cand)
+    except DumpsaverError as r:
+        notes.append(f"{cand.source}: {r.message}")
+        if cand.method == LocateMethod.PMEM:
+            _event("give-back-failed", f"could not give {cand.source} back: {r.message}")
+        return
+    if gave is None:
+        notes.append(f"{cand.source}: finished its release")
+        return
+    notes.append(f"{cand.source}: gave back {gave.line()}")
+    _event("given-back", f"gave back {gave.line()} in {gave.seconds:.1f} s",
+           ONLINED=gave.onlined, MEMTOTAL_BEFORE=gave.mem_total_before or 0,
+           MEMTOTAL_AFTER=gave.mem_total_after or 0)
+
+
 def _event(kind: str, message: str, **fields: str | int) -> None:
     journal.log_event(kind, message, **fields)
 
@@ -144,8 +192,10 @@ def run(cfg: Config, where: Where, opts: Options, *,
         progress: Progress | None = None) -> Outcome:  # fmt: skip
     """The boot job (``dumpsaver save``).  Raises DumpsaverError for what the CLI shows
     as an error; any failure of the save itself has been counted first."""
+    early = prepare_pmem(cfg, where)
     cand, mem, dump, notes = find_dump(cfg, where, force=opts.force,
                                        finish_release=not (opts.check or opts.keep))
+    notes[:0] = early
     if cand is None or mem is None or dump is None:
         return Outcome(Exit.NO_DUMP if opts.check else Exit.OK, notes=notes)
     with mem:

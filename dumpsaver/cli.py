@@ -21,9 +21,10 @@ def surely_no_dump(
     iomem: str = IOMEM,
     mem: str = MEM,
 ) -> bool:
-    """With the default configuration: no mcore sysfs tree, and no memmap= reservation
-    whose first bytes are a dump's magic.  Any doubt (an error, an unreadable file)
-    answers False: the full path then looks properly and reports what it finds."""
+    """With the default configuration: no mcore sysfs tree, no memmap=! persistent
+    memory, and no memmap= reservation whose first bytes are a dump's magic.  Any doubt
+    (an error, an unreadable file) answers False: the full path then looks properly and
+    reports what it finds."""
     from dumpsaver.config import is_default
 
     if not is_default(config):
@@ -35,7 +36,10 @@ def surely_no_dump(
             words = f.read(1 << 16).split()
     except OSError:
         return False
-    if not any(w.startswith(b"memmap=") and b"$" in w for w in words):
+    memmaps = [w for w in words if w.startswith(b"memmap=")]
+    if any(b"!" in w for w in memmaps):
+        return False  # memmap=! persistent memory: given back to the system every boot
+    if not any(b"$" in w for w in memmaps):
         return True
     # memmap= reservations: peek at the magic, through the same confined access
     from pathlib import Path

@@ -242,6 +242,11 @@ def cmd_status(ctx: Ctx) -> int:
           f"{'s' if len(a.ranges) != 1 else ''} via {a.method} ({a.source})")
         p(f"  ranges:    {rng}{more}")
         p(f"  state:     {a.dump}")
+        if a.access:
+            p(f"  access:    {a.access}")
+        if a.given_back is not None:
+            p(f"  given back: {human(a.given_back)} online as movable RAM"
+              + (f"; not movable: {', '.join(a.not_movable[:4])}" if a.not_movable else ""))
         p(f"  release:   {a.release}")
     m = s.memory
     if m is not None:
@@ -512,7 +517,8 @@ def cmd_test(ctx: Ctx) -> int:
     from dumpsaver.restart import RestartAction
 
     where = ctx.where
-    cands = [c for c in where.candidates(ctx.cfg) if c.method != LocateMethod.SYSFS]
+    cands = [c for c in where.candidates(ctx.cfg)
+             if c.method not in (LocateMethod.SYSFS, LocateMethod.PMEM)]
     if not cands:
         raise DumpsaverError(
             "no reserved region to test with",

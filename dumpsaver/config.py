@@ -173,7 +173,12 @@ SETTINGS = (
     Setting("sysfs", paths.SYSFS, _path,
             "The kernel's dump interface (docs/sysfs-abi.md)."),
     Setting("use_memmap", True, _bool,
-            "Look for a dump in memmap=SIZE$ADDR reservations on the kernel command line."),
+            "Look for a dump in memmap=SIZE$ADDR reservations and memmap=SIZE!ADDR "
+            "persistent memory on the kernel command line (the latter is given back to "
+            "the system as movable RAM once it holds no unsaved dump)."),
+    Setting("pmem_wait", 30, _int(0, 600),
+            "With memmap=SIZE!ADDR: seconds the boot job waits for the persistent memory "
+            "devices to appear after loading their modules."),
     Setting("regions", [], _regions,
             "More physical regions to look in, as \"START:SIZE\" strings, e.g. "
             "\"0x30000000:16M\". They must show as Reserved in /proc/iomem."),
@@ -236,6 +241,7 @@ class Config:
     max_attempts: int
     sysfs: Path
     use_memmap: bool
+    pmem_wait: int
     regions: tuple[tuple[int, int], ...]
     mem_device: Path
     state_dir: Path

@@ -60,6 +60,8 @@ EVENTS: Final[Mapping[str, Event]] = {
         Event("incomplete", "28427db9822e480cb531e9c9a3bce285", 4),
         Event("failed", "c83423f13f77488da8dda7356256eaa3", 3),
         Event("released", "834f198336b440c9aaa2ea162cf1355b", 6),
+        Event("given-back", "c7196109ac984bf0b8342e449e7ee616", 6),
+        Event("give-back-failed", "99ea6f113b584592974ae55149e1c0d1", 4),
         Event("restart-requested", "52c957937a5749abb569209db54f10b7", 5),
     )
 }

@@ -4,6 +4,10 @@ In order of preference:
 
 (a) the kernel's mcore sysfs interface (docs/sysfs-abi.md): the header address,
     the ranges reserved early in boot, and a ``release`` attribute;
+(p) ``memmap=SIZE!ADDR`` legacy persistent memory, found through the nvdimm sysfs
+    tree (dumpsaver.pmem) and read through /dev/pmemN or /dev/daxN.M
+    (dumpsaver.pmemio); released by giving the range back to the page allocator
+    as movable RAM (dumpsaver.hotplug);
 (b) ``memmap=SIZE$ADDR`` reservations on the kernel command line, each checked
     against /proc/iomem (it must show as Reserved: never read System RAM or
     device memory);
@@ -22,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dumpsaver import pmem
 from dumpsaver.errors import DumpsaverError
 from dumpsaver.physmem import MAX_PHYS, Range, merge_ranges
 from dumpsaver.sizes import parse_size
@@ -31,6 +36,7 @@ MAX_SYSFS_RANGES = 65536
 
 class LocateMethod(enum.StrEnum):
     SYSFS = "sysfs"
+    PMEM = "pmem"
     MEMMAP = "memmap"
     CONFIG = "config"
 
@@ -47,9 +53,21 @@ class Candidate:
     #: The end of this boot's System RAM in /proc/iomem (None: not known).  The crashed
     #: kernel ran on the same machine: a header claiming more memory is not believed.
     ram_end: int | None = None
+    #: memmap=! persistent memory: the namespace, its device and its dump range.
+    pmem: pmem.PmemArea | None = None
+
+    @property
+    def device_note(self) -> str:
+        """How the area is read, for status and the journal."""
+        if self.pmem is not None:
+            return self.pmem.describe()
+        return "read through the physical memory device (/dev/mem by default)"
 
     @property
     def release_action(self) -> str:
+        if self.pmem is not None:
+            return ("overwrites the dump header's magic, then gives the range back to the "
+                    "page allocator as movable RAM (devdax, then kmem, online_movable)")
         if self.release is not None:
             return f"writes 1 to {self.release}: the kernel frees the dump's pages"
         return (
@@ -107,19 +125,22 @@ def from_sysfs(root: Path) -> Candidate | None:
     )
 
 
-_MEMMAP = re.compile(r"^(?P<size>[0-9a-fx]+[kmg]?)\$(?P<addr>[0-9a-fx]+[kmg]?)$", re.I)
+_MEMMAP = {sep: re.compile(r"^(?P<size>[0-9a-fx]+[kmg]?)" + re.escape(sep)
+                           + r"(?P<addr>[0-9a-fx]+[kmg]?)$", re.I) for sep in "$!"}
 
 
-def parse_memmap(cmdline: str) -> list[Range]:
-    """The ``memmap=SIZE$ADDR`` (reserve) entries of a kernel command line."""
+def parse_memmap(cmdline: str, sep: str = "$") -> list[Range]:
+    """The ``memmap=SIZE$ADDR`` (reserve) entries of a kernel command line; with
+    ``sep="!"`` the ``memmap=SIZE!ADDR`` (legacy persistent memory) ones."""
     out = []
+    pattern = _MEMMAP[sep]
     for word in cmdline.split():
         if not word.startswith("memmap="):
             continue
         for item in word[len("memmap=") :].split(","):
-            m = _MEMMAP.match(item)
+            m = pattern.match(item)
             if not m:
-                continue  # other memmap forms (@, #, !, exactmap) are not reservations
+                continue  # other memmap forms (@, #, exactmap, the other of $ and !)
             try:
                 size, addr = parse_size(m["size"]), parse_size(m["addr"], allow_zero=True)
             except DumpsaverError:
@@ -127,6 +148,11 @@ def parse_memmap(cmdline: str) -> list[Range]:
             if size > 0 and addr + size <= MAX_PHYS:  # the kernel ignores one beyond it too
                 out.append(Range(addr, addr + size))
     return out
+
+
+def parse_memmap_pmem(cmdline: str) -> list[Range]:
+    """The ``memmap=SIZE!ADDR`` entries: RAM the kernel presents as persistent memory."""
+    return parse_memmap(cmdline, "!")
 
 
 def parse_iomem(text: str) -> list[tuple[Range, str]]:
@@ -177,19 +203,33 @@ def candidates(
     iomem: Path,
     use_memmap: bool,
     regions: Iterable[tuple[int, int]] = (),
+    pmem_paths: pmem.PmemPaths | None = None,
+    notes: list[str] | None = None,
 ) -> list[Candidate]:
-    """Every place a dump may be, best first (see the module docstring)."""
+    """Every place a dump may be, best first (see the module docstring).
+
+    ``pmem_paths``: where the nvdimm sysfs tree is (default: the real one); ``notes``
+    collects why a memmap=! range has no candidate (yet)."""
     found: list[Candidate] = []
     ram = ram_end(iomem) if iomem.exists() else None
     c = from_sysfs(sysfs)
     if c is not None:
         found.append(dataclasses.replace(c, ram_end=ram))
     want: list[tuple[LocateMethod, str, Range]] = []
+    text = ""
     if use_memmap and cmdline is not None:
         try:
             text = _read_attr(cmdline)
         except DumpsaverError:
             text = ""
+    pmem_ranges = parse_memmap_pmem(text)
+    if pmem_ranges:
+        got = pmem.find(pmem_paths or pmem.PmemPaths(), pmem_ranges)
+        if notes is not None:
+            notes.extend(got.missing)
+        for area in got.areas:
+            found.append(pmem_candidate(area, ram))
+    if text:
         for r in parse_memmap(text):
             want.append((LocateMethod.MEMMAP, f"memmap= on the kernel command line ({cmdline})", r))
     for start, size in regions:
@@ -201,3 +241,17 @@ def candidates(
             check_reserved(r, io, iomem)
             found.append(Candidate(method, f"{r} from {source}", (r,), r.start, ram_end=ram))
     return found
+
+
+def pmem_candidate(area: pmem.PmemArea, ram: int | None = None) -> Candidate:
+    """The candidate of a legacy pmem area: its dump range, the header at its start
+    (before the namespace is devdax: on the first block boundary holding a header)."""
+    from dumpsaver import pmemio
+    from dumpsaver.format import MAGIC
+
+    source = f"memmap=! persistent memory {area.span} ({area.namespace})"
+    r = area.dump or area.span
+    header = r.start
+    if area.dax is None and area.dump is not None:
+        header = pmemio.find_header(area, MAGIC) or header
+    return Candidate(LocateMethod.PMEM, source, (r,), header, ram_end=ram, pmem=area)

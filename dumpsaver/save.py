@@ -55,6 +55,7 @@ from dumpsaver.errors import (
 from dumpsaver.faults import checkpoint
 from dumpsaver.locate import Candidate
 from dumpsaver.physmem import PhysMem
+from dumpsaver.pmemio import area_path, open_area
 from dumpsaver.release import release
 from dumpsaver.retention import rmtree_at, vacuum
 from dumpsaver.sanitize import clean_text
@@ -97,8 +98,8 @@ def area_locked(cand: Candidate, mem_path: str, wait: float) -> Iterator[None]:
     A device that cannot be opened for writing cannot be released through either:
     then there is nothing in memory to protect and no lock is taken."""
     try:
-        fd = os.open(mem_path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
+        fd = os.open(area_path(cand, mem_path), os.O_RDWR | os.O_CLOEXEC)
+    except (OSError, DumpsaverError):
         yield
         return
     try:
@@ -136,7 +137,7 @@ def still_waiting(cand: Candidate, mem_path: str) -> None:
         raise AlreadySavedError(
             f"{cand.source}: the dump was saved and released by another dumpsaver"
         )
-    with PhysMem(mem_path, cand.ranges) as mem:
+    with open_area(cand, mem_path) as mem:
         magic = mem.read(cand.header, len(fmt.MAGIC))
     if magic != fmt.MAGIC:
         raise AlreadySavedError(
@@ -326,13 +327,17 @@ def _save_locked(
     checkpoint("release")
     if not keep:
         try:
-            release(cand, mem_path)
+            gave = release(cand, mem_path)
         except DumpsaverError as e:
             raise DumpsaverError(
                 f"saved dump {final}, but could not release the dump area: {e.message}",
                 hint="the next dumpsaver save finds the dump already saved and releases it",
             ) from None
-        event("released", f"released the dump area ({cand.release_action})")
+        if gave is None:
+            event("released", f"released the dump area ({cand.release_action})")
+        else:
+            event("released", f"released the dump area: gave back {gave.line()}",
+                  ONLINED=gave.onlined)
     checkpoint("retention")
     vacuum(dest, dest_fd, cfg, protect=final)
     return Result(status, dest / final, info, released=not keep)
@@ -401,7 +406,7 @@ def stream_save(
 def open_dump(cand: Candidate, mem_path: str, *, force: bool = False) -> tuple[PhysMem, Dump]:
     """Open the dump of ``cand``; raises NoDumpError / AlreadySavedError / FormatError."""
     checkpoint("locate")
-    mem = PhysMem(mem_path, cand.ranges)
+    mem = open_area(cand, mem_path)
     try:
         dump = Dump(mem, cand.header, force=force, ram_end=cand.ram_end)
     except BaseException:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from dumpsaver import arm, restart, selftest, state
+from dumpsaver import arm, hotplug, restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
 from dumpsaver.config import Config
@@ -55,6 +55,11 @@ class Area:
     release: str  # what releasing it does
     dump: str = "waiting"  # or why there is none (escaped)
     size: int = 0  # bytes in all its ranges
+    access: str = ""  # how it is read: /dev/mem, /dev/pmemN, /dev/daxN.M (memmap=!)
+    # memmap=!: bytes of the dump range online as movable RAM now (None: not memmap=!),
+    # and the memory blocks of it that are not
+    given_back: int | None = None
+    not_movable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -204,7 +209,13 @@ def collect(cfg: Config, where: Where) -> Status:
     for cand in cands:
         area = Area(cand.method, cand.source, [[r.start, r.end] for r in cand.ranges],
                     cand.header, cand.release_action,
-                    size=sum(r.end - r.start for r in cand.ranges))
+                    size=sum(r.end - r.start for r in cand.ranges),
+                    access=cand.device_note)
+        if cand.pmem is not None:
+            try:
+                area.given_back, area.not_movable = hotplug.movable_state(cand.pmem)
+            except DumpsaverError as e:
+                area.given_back, area.not_movable = 0, [clean_text(e.message, 300)]
         try:
             mem, dump = open_dump(cand, where.mem)
         except NoPermissionError:
@@ -223,7 +234,9 @@ def collect(cfg: Config, where: Where) -> Status:
                     )
         out.areas.append(area)
     total = psutil.virtual_memory().total
-    reserved = sum(r.end - r.start for c in cands for r in c.ranges)
+    # memmap=! memory given back is RAM again: only what is still held counts
+    reserved = sum(r.end - r.start for c in cands for r in c.ranges) \
+        - sum(a.given_back or 0 for a in out.areas)
     out.memory = Memory(total, reserved, round(reserved / total, 6) if total else None)
     out.boot_ts = psutil.boot_time()
     out.boot_time = _utc(out.boot_ts)

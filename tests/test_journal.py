@@ -85,10 +85,11 @@ def test_unknown_event_and_bad_field_are_rejected(rec: Recorder) -> None:
 
 def test_message_ids_are_fixed_unique_128_bit() -> None:
     ids = [e.message_id for e in journal.EVENTS.values()]
-    assert len(set(ids)) == len(ids) == 6
+    assert len(set(ids)) == len(ids) == 8
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert set(journal.EVENTS) == {
-        "dump-found", "saved", "incomplete", "failed", "released", "restart-requested"
+        "dump-found", "saved", "incomplete", "failed", "released", "restart-requested",
+        "given-back", "give-back-failed",
     }  # fmt: skip
 
 

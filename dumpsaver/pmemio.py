@@ -1,0 +1,178 @@
+"""Reading and writing a dump area through the device that holds it.
+
+The same confined interface as dumpsaver.physmem.PhysMem (read/write/check against
+the allowed physical ranges, the ``on_access`` hook), so decode, save and release
+do not care which device it is:
+
+- /dev/mem for memmap=$ reservations and configured regions (PhysMem itself);
+- /dev/pmemN, a block device, for a legacy pmem namespace in fsdax or raw mode:
+  ``pread`` at ``paddr - namespace start``;
+- /dev/daxN.M, a character device, for a namespace in devdax mode: device-dax has
+  no read(); it is mmapped whole (its size is a multiple of its ``align``) and
+  ``paddr - dax resource`` is the offset into the mapping.
+
+/dev/mem refuses both (STRICT_DEVMEM: the range is claimed by a driver), which is
+why the pmem devices are the way in; they also work where /dev/mem is locked down.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from dumpsaver.errors import DumpsaverError, NoDumpError
+from dumpsaver.physmem import PhysMem, Range
+from dumpsaver.pmem import PmemArea
+
+if TYPE_CHECKING:
+    from dumpsaver.locate import Candidate
+
+
+class OffsetMem(PhysMem):
+    """A block device (/dev/pmemN) whose offset 0 is physical address ``base``."""
+
+    def __init__(self, path: str, allowed: Sequence[Range], base: int, *,
+                 writable: bool = False,
+                 on_access: Callable[[int, int], None] | None = None) -> None:
+        super().__init__(path, allowed, writable=writable, on_access=on_access)
+        self.base = base
+        if any(r.start < base for r in self.allowed):
+            self.close()
+            raise DumpsaverError(f"{path}: an allowed range starts below its base {base:#x}")
+
+    def read(self, start: int, length: int) -> bytes:
+        self.check(start, length)
+        if self.on_access is not None:
+            self.on_access(start, length)
+        out = bytearray()
+        while len(out) < length:
+            try:
+                b = os.pread(self.fd, length - len(out), start - self.base + len(out))
+            except OSError as e:
+                raise DumpsaverError(
+                    f"cannot read {self.path} at physical {start + len(out):#x}: {e.strerror}"
+                ) from e
+            if not b:
+                raise DumpsaverError(f"{self.path} ends before physical {start + length:#x}")
+            out += b
+        return bytes(out)
+
+    def write(self, start: int, data: bytes | memoryview) -> None:
+        if not self.writable:
+            raise DumpsaverError(f"{self.path} is open read-only")
+        self.check(start, len(data))
+        if self.on_access is not None:
+            self.on_access(start, len(data))
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], start - self.base + done)
+            except OSError as e:
+                raise DumpsaverError(
+                    f"cannot write {self.path} at physical {start + done:#x}: {e.strerror}"
+                ) from e
+        try:
+            os.fsync(self.fd)  # a block device: through its page cache to the memory
+        except OSError as e:
+            raise DumpsaverError(f"cannot flush {self.path}: {e.strerror}") from e
+
+
+class DaxMem(PhysMem):
+    """A device-dax character device (/dev/daxN.M), mmapped whole; its offset 0 is
+    physical address ``base`` and it is ``size`` bytes long."""
+
+    def __init__(self, path: str, allowed: Sequence[Range], base: int, size: int, *,
+                 writable: bool = False,
+                 on_access: Callable[[int, int], None] | None = None) -> None:
+        super().__init__(path, allowed, writable=writable, on_access=on_access)
+        self.base = base
+        span = Range(base, base + size)
+        for r in self.allowed:
+            if not span.contains(r.start, r.size):
+                self.close()
+                raise DumpsaverError(f"{path} covers {span}: {r} lies outside it")
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, prot)
+        except (OSError, ValueError) as e:
+            self.close()
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise DumpsaverError(f"cannot map {path} ({size} bytes): {why}") from e
+
+    def close(self) -> None:
+        m = getattr(self, "map", None)
+        if m is not None and not m.closed:
+            m.close()
+        super().close()
+
+    def read(self, start: int, length: int) -> bytes:
+        self.check(start, length)
+        if self.on_access is not None:
+            self.on_access(start, length)
+        off = start - self.base
+        return self.map[off : off + length]
+
+    def write(self, start: int, data: bytes | memoryview) -> None:
+        if not self.writable:
+            raise DumpsaverError(f"{self.path} is open read-only")
+        self.check(start, len(data))
+        if self.on_access is not None:
+            self.on_access(start, len(data))
+        off = start - self.base
+        self.map[off : off + len(data)] = bytes(data)
+        self.map.flush(off - off % mmap.PAGESIZE, off % mmap.PAGESIZE + len(data))
+
+
+def area_path(cand: Candidate, mem_path: str) -> str:
+    """The device a candidate is read through (/dev/mem for all but pmem)."""
+    if cand.pmem is None:
+        return mem_path
+    dev = cand.pmem.device()
+    if dev is None:
+        raise _unreadable(cand.pmem)
+    return dev[0]
+
+
+def _unreadable(area: PmemArea) -> NoDumpError:
+    if area.given_back:
+        return NoDumpError(f"{area.describe()}: the range is System RAM now, no dump waits "
+                           "there")
+    return NoDumpError(f"{area.describe()}: no device to read it through")
+
+
+def open_area(cand: Candidate, mem_path: str, *, writable: bool = False,
+              on_access: Callable[[int, int], None] | None = None) -> PhysMem:
+    """Open the device holding ``cand``, confined to its ranges."""
+    return open_pmem(cand.pmem, cand.ranges, writable=writable, on_access=on_access) \
+        if cand.pmem is not None else \
+        PhysMem(mem_path, cand.ranges, writable=writable, on_access=on_access)
+
+
+def open_pmem(area: PmemArea, ranges: Sequence[Range], *, writable: bool = False,
+              on_access: Callable[[int, int], None] | None = None) -> PhysMem:
+    dev = area.device()
+    if dev is None:
+        raise _unreadable(area)
+    path, base, is_dax = dev
+    if is_dax:
+        assert area.dax is not None
+        return DaxMem(path, ranges, base, area.dax.range.size, writable=writable,
+                      on_access=on_access)
+    return OffsetMem(path, ranges, base, writable=writable, on_access=on_access)
+
+
+def find_header(area: PmemArea, magic: bytes) -> int | None:
+    """Before the namespace is devdax the dump range is not known exactly: the header
+    of a dump (``magic``) can only sit on a memory-block boundary of the probe range.
+    The first boundary holding ``magic``, or None."""
+    r = area.dump
+    if r is None or area.device() is None:
+        return None
+    with open_pmem(area, [r]) as mem:
+        for addr in range(r.start, r.end, area.block_size):
+            if mem.read(addr, len(magic)) == magic:
+                return addr
+    return None
