@@ -1,20 +1,20 @@
 """Nothing reserved while healthy: the dump region is movable RAM between crashes.
 
 A 2 GiB guest boots with ``memmap=272M!0x3F000000``: every boot the range is legacy
-persistent memory, kept from the page allocator.  One QEMU process, four boots:
+persistent memory, kept from the page allocator, until dumpsaver.service gives it back
+(namespace to devdax, device to system-ram, onlined movable) once no dump waits there,
+and dumpsaver-arm.service arms the module over the memory blocks kmem added.  One QEMU
+process, four boots:
 
-- boot 1: the range is given back (namespace to devdax, device to system-ram, onlined
-  movable: MemTotal before and after); the module refuses the wrong ranges (the range
-  while it is not RAM, boot RAM, a range only partly RAM) and arms over the memory
-  blocks kmem added; offlining them while armed fails; a user-space load holds pages in
-  the range (counted by pagemap, and by the module's estimate); ``echo c``;
-- boot 2: the crash reboot kept RAM; the namespace is devdax again; the dump is read
-  through ``/dev/dax0.0``, saved by ``dumpsaver save``; the range is given back again;
-  a clean ``systemctl reboot``;
+- boot 1 (fresh): given back, armed; offlining the range while armed fails; a user-space
+  load holds pages in the range (pagemap, and the module's own count); ``echo c``;
+- boot 2: the crash reboot kept RAM; the namespace is devdax again; dumpsaver.service
+  saves the dump read through ``/dev/dax0.0``, gives the range back, restarts cleanly;
 - boot 3: given back, armed again; the load fills the range with pages that each start
-  with the dump magic; a clean reboot;
-- boot 4: no dump (the magic alone is not a dump), given back, armed; then the range
-  onlined as Normal memory is refused; power off.
+  with the dump magic; a clean ``systemctl reboot``;
+- boot 4: no dump (the magic alone is not one), given back, armed; then the module
+  refuses what is not online movable RAM (the whole pmem range, boot RAM, the range
+  onlined in another zone); power off.
 
 The saved dump is read on the host by crash with the kernel's debug vmlinux.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import debug_tools
+import evidence
 import image as guest_image
 import pytest
 import qemu
@@ -41,7 +42,7 @@ PMEM_SIZE = 272 << 20  # the blocks at 0x40000000 and 0x48000000 come back whole
 MEMORY_MIB = 2048
 APPEND = qemu.cmdline(PMEM_START, PMEM_SIZE, "!")
 BOOT_RAM = (0x10000000, 16 << 20)
-LOAD_MIB = 200
+LOAD_MIB = 300
 
 SCRIPT = f"""\
 #!/bin/sh
@@ -49,66 +50,45 @@ SCRIPT = f"""\
 d="$2"
 P="python3 /e2e/pmem-e2e.py"
 kmem() {{ python3 -c 'import json,sys; print(*json.load(open(sys.argv[1]))["kmem"])' \\
-    /root/e2e/run-1/giveback.json; }}
+    "$d/facts.json"; }}
 collect() {{
-    cat /proc/meminfo > "$d/meminfo"
+    $P facts "$d"
     cat /proc/iomem > "$d/iomem"
     grep -A6 'zone  *Movable' /proc/zoneinfo > "$d/zoneinfo-movable" 2>&1
     for f in /sys/kernel/dumpsaver/*; do echo "== ${{f##*/}}"; cat "$f"; done \\
         > "$d/kmod-sysfs" 2>&1
-    journalctl -b -k -o short-monotonic --no-pager > "$d/kernel-log" 2>&1
+    systemctl show dumpsaver-arm.service -p ActiveState,Result > "$d/arm-unit" 2>&1
+    journalctl -b -o cat -u dumpsaver.service -u dumpsaver-arm.service > "$d/ds-journal" 2>&1
+    ndctl list -N -v > "$d/ndctl-list" 2>&1
+    daxctl list -M > "$d/daxctl-list" 2>&1
 }}
 load() {{
     $P load "$d" {LOAD_MIB} > "$d/load.out" 2>&1 &
     i=0; while [ ! -e "$d/load-ready" ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
     cat /sys/kernel/dumpsaver/estimate > "$d/estimate" 2>&1
 }}
-save_by_hand() {{  # until dumpsaver reads /dev/dax itself: copy, then save the copy
-    $P head "$d" region-head
-    $P copy "$d" /root/phys.img > "$d/copy.out" 2>&1
-    dumpsaver save --mem /root/phys.img --cmdline /root/cmdline --iomem /root/iomem \\
-        --no-restart > "$d/save.out" 2>&1
-    echo $? > "$d/save.rc"
-    rm -f /root/phys.img
-}}
 case "$1" in
 1)
-    $P arm "$d" unreleased {PMEM_START:#x} {PMEM_SIZE}
-    $P arm "$d" bootram {BOOT_RAM[0]:#x} {BOOT_RAM[1]}
-    $P giveback "$d"
-    set -- $(kmem)
-    $P arm "$d" partly {PMEM_START:#x} {PMEM_SIZE}
-    $P arm "$d" movable "$1" "$2"
+    collect
     daxctl offline-memory dax0.0 > "$d/offline-while-armed" 2>&1
     echo "rc=$?" >> "$d/offline-while-armed"
     cat /sys/kernel/dumpsaver/armed > "$d/armed-after-offline"
-    collect
+    journalctl -b -k -o short-monotonic --no-pager > "$d/kernel-log" 2>&1
     load
     sync
     echo c > /proc/sysrq-trigger
     ;;
 2)
-    save_by_hand
-    $P giveback "$d"
-    collect
-    sync
-    systemctl reboot
-    ;;
-3)
-    $P giveback "$d"
-    set -- $(kmem)
-    $P arm "$d" movable "$1" "$2"
     collect
     load
     sync
     systemctl reboot
     ;;
 *)
-    save_by_hand
-    $P giveback "$d"
-    set -- $(kmem)
-    $P arm "$d" movable "$1" "$2"
     collect
+    set -- $(kmem)
+    $P arm "$d" partly {PMEM_START:#x} {PMEM_SIZE}
+    $P arm "$d" bootram {BOOT_RAM[0]:#x} {BOOT_RAM[1]}
     rmmod dumpsaver
     daxctl offline-memory dax0.0 > "$d/offline-disarmed" 2>&1
     echo "rc=$?" >> "$d/offline-disarmed"
@@ -147,7 +127,7 @@ def jload(sc: Scenario, run: int, name: str) -> dict[str, Any]:
 
 
 def kmem(sc: Scenario) -> tuple[int, int]:
-    start, size = jload(sc, 1, "giveback.json")["kmem"]
+    start, size = jload(sc, 1, "facts.json")["kmem"]
     return start, size
 
 
@@ -156,73 +136,85 @@ def dumps(sc: Scenario) -> list[Path]:
     return [p for p in sc.dumps.iterdir() if p.is_dir()]
 
 
-def test_four_boots(movable: Scenario) -> None:
+GIVEN_BACK = re.compile(r"MemTotal (\d+) -> (\d+) kB")
+
+
+def test_four_boots_three_reach_multi_user(movable: Scenario) -> None:
     sc = movable
     assert not sc.run.timed_out, sc.explain()
     assert sc.run.returncode == 0, sc.explain()
     assert sc.run.kernel_boots == 4, sc.explain()
     assert "Kernel panic - not syncing: sysrq triggered crash" in sc.run.serial_text
-    assert sc.runs() == 4, sc.explain()
+    assert sc.runs() == 3, sc.explain()  # boot 2 saved and restarted before multi-user
+    assert len(sc.boots) == 4, [b.boot_id for b in sc.boots]
 
 
-@pytest.mark.parametrize("run", [1, 2, 3, 4])
-def test_range_given_back_movable(movable: Scenario, run: int, e2e_timings: dict[str, Any]) -> None:
-    """Every boot: the range comes back as whole memory blocks, all online Movable."""
-    g = jload(movable, run, "giveback.json")
-    assert g["kmem_rc"] == 0, (movable.run_dir(run) / "daxctl-reconfigure").read_text()
-    start, size = g["kmem"]
-    assert start == 0x40000000 and size == 256 << 20, g  # devdax metadata in the first 16 MiB
-    assert g["blocks"] and all(b == {"state": "online", "valid_zones": "Movable"}
-                               for b in g["blocks"].values()), g["blocks"]  # fmt: skip
-    gained = g["after"]["MemTotal"] - g["before"]["MemTotal"]
-    assert gained == size >> 10, g
-    if run == 1:
-        assert g["ns_mode_at_boot"] != "dax", g  # fresh: fsdax, made devdax here
-    else:
-        assert g["found"] == "/dev/dax0.0", g  # devdax again after every reboot
-    for k in ("MemTotal", "MemAvailable"):
-        e2e_timings[f"movable_run{run}_{k}_before_kb"] = g["before"][k]
-        e2e_timings[f"movable_run{run}_{k}_after_kb"] = g["after"][k]
-    e2e_timings[f"movable_run{run}_given_back_at_s"] = g["uptime_end"]
-    e2e_timings[f"movable_run{run}_kmem_s"] = g["kmem_s"]
+@pytest.mark.parametrize("boot", [1, 2, 3, 4])
+def test_range_given_back_every_boot(
+    movable: Scenario, boot: int, e2e_timings: dict[str, Any]
+) -> None:
+    """dumpsaver.service gives the range back in every boot (in boot 2 after the save):
+    whole memory blocks, all online Movable, MemTotal up by exactly their size."""
+    b = movable.boots[boot - 1]
+    ev = b.event("given-back")
+    assert ev is not None, b.messages("dumpsaver.service")
+    assert not b.has_event("give-back-failed"), b.messages("dumpsaver.service")
+    m = GIVEN_BACK.search(ev["MESSAGE"])
+    assert m, ev["MESSAGE"]
+    before, after = int(m[1]), int(m[2])
+    assert after - before == 256 << 10, ev["MESSAGE"]
+    e2e_timings[f"movable_boot{boot}_MemTotal_before_kb"] = before
+    e2e_timings[f"movable_boot{boot}_MemTotal_after_kb"] = after
+    # seconds from kernel start until the range was RAM again
+    e2e_timings[f"movable_boot{boot}_given_back_at_s"] = round(evidence.mono(ev) / 1e6, 1)
+    if boot == 2:
+        order = ["dump-found", "saved", "given-back", "restart-requested"]
+        stamps = [evidence.mono(b.event(e)) for e in order]
+        assert stamps == sorted(stamps), dict(zip(order, stamps, strict=True))
+        return
+    run = {1: 1, 3: 2, 4: 3}[boot]
+    f = jload(movable, run, "facts.json")
+    start, size = f["kmem"]
+    assert start == 0x40000000 and size == 256 << 20, f  # devdax metadata in the first 16 MiB
+    assert f["blocks"] and all(v == {"state": "online", "valid_zones": "Movable"}
+                               for v in f["blocks"].values()), f["blocks"]  # fmt: skip
+    assert f["dax_driver"] == "kmem", f
+    for k in ("MemTotal", "MemAvailable", "MemFree"):
+        e2e_timings[f"movable_run{run}_armed_{k}_kb"] = f["meminfo"][k]
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_armed_over_the_movable_range(movable: Scenario, run: int) -> None:
+    start, size = kmem(movable)
+    d = movable.run_dir(run)
+    unit = dict(line.split("=", 1) for line in (d / "arm-unit").read_text().splitlines())
+    assert unit == {"ActiveState": "active", "Result": "success"}, (d / "ds-journal").read_text()
+    sysfs = (d / "kmod-sysfs").read_text()
+    assert "== armed\n1\n" in sysfs and "== mode\nmovable\n" in sysfs, sysfs
+    assert f"== region\n{start:016x}-{start + size - 1:016x}\n" in sysfs, sysfs
+
+
+def test_offline_refused_while_armed(movable: Scenario) -> None:
+    offline = (movable.run_dir(1) / "offline-while-armed").read_text()
+    assert "rc=0" not in offline and "Device or resource busy" in offline, offline
+    assert (movable.run_dir(1) / "armed-after-offline").read_text().strip() == "1"
+    log = (movable.run_dir(1) / "kernel-log").read_text()
+    assert "refusing to offline memory at 0x40000000" in log, log[-3000:]
+    # once disarmed, the same offline goes through (boot 4)
+    assert "rc=0" in (movable.run_dir(3) / "offline-disarmed").read_text()
 
 
 def test_module_refuses_what_is_not_online_movable(movable: Scenario) -> None:
-    def arm(run: int, tag: str) -> dict[str, Any]:
-        return jload(movable, run, f"arm-{tag}.json")
+    def arm(tag: str) -> dict[str, Any]:
+        return jload(movable, 3, f"arm-{tag}.json")
 
-    st = arm(1, "unreleased")
-    assert st["armed"] == "0" and "not reserved memory" in st["reason"], st
-    st = arm(1, "bootram")
-    assert st["armed"] == "0" and st["mode"] == "none" and "boot RAM" in st["reason"], st
-    st = arm(1, "partly")
+    st = arm("partly")
     assert st["armed"] == "0" and "partly System RAM" in st["reason"], st
-    st = arm(4, "normal")
+    st = arm("bootram")
+    assert st["armed"] == "0" and st["mode"] == "none" and "boot RAM" in st["reason"], st
+    st = arm("normal")  # daxctl onlined it in the zone below: DMA32 in a 2 GiB guest
     assert st["armed"] == "0" and "not Movable" in st["reason"], st
-    assert "rc=0" in (movable.run_dir(4) / "offline-disarmed").read_text()
-
-
-def test_armed_over_movable_range_and_kept_online(
-    movable: Scenario, e2e_timings: dict[str, Any]
-) -> None:
-    start, size = kmem(movable)
-    for run in (1, 3, 4):
-        st = jload(movable, run, "arm-movable.json")
-        assert st["armed"] == "1" and st["mode"] == "movable", (run, st)
-        assert st["region"] == f"{start:016x}-{start + size - 1:016x}", st
-    # healthy and armed, the range given back (docs: against memmap=$ of the same size)
-    for line in (movable.run_dir(3) / "meminfo").read_text().splitlines():
-        k, v = line.split(":", 1)
-        if k in ("MemTotal", "MemAvailable", "MemFree"):
-            e2e_timings[f"movable_armed_{k}_kb"] = int(v.split()[0])
-    # the memory hotplug notifier refuses to offline the range while armed
-    offline = (movable.run_dir(1) / "offline-while-armed").read_text()
-    assert "rc=0" not in offline, offline
-    assert (movable.run_dir(1) / "armed-after-offline").read_text().strip() == "1"
-    assert (
-        "refusing to offline memory at 0x40000000"
-        in (movable.run_dir(1) / "kernel-log").read_text()
-    )
+    assert "at 0x40000000" in st["reason"], st
 
 
 def test_user_pages_in_range_then_dump_written_there(
@@ -232,7 +224,7 @@ def test_user_pages_in_range_then_dump_written_there(
     assert load["in_region"] > 0, load
     est = dict(line.split(" ", 1) for line in
                (movable.run_dir(1) / "estimate").read_text().splitlines())  # fmt: skip
-    assert int(est["region_in_use"]) > 0, est
+    assert int(est["region_in_use"]) >= load["in_region"], (est, load)
     serial = movable.run.serial_text
     start, _ = kmem(movable)
     assert f"writing the dump to 0x{start:016x} (256 MiB, movable RAM)" in serial, serial[-3000:]
@@ -243,27 +235,33 @@ def test_user_pages_in_range_then_dump_written_there(
     e2e_timings["movable_kept_pages_2g"] = int(est["kept_pages"])
     e2e_timings["movable_estimate_bytes_2g"] = int(est["estimate_bytes"])
     e2e_timings["movable_dump_kib_2g"] = int(m["kib"])
+    e2e_timings["movable_notifier_ms_tcg"] = int(m["ms"])
 
 
 def test_saved_through_dax_after_crash_reboot(movable: Scenario) -> None:
-    head = (movable.run_dir(2) / "region-head").read_bytes()
-    assert head[:8] == b"MCOREDMP", head[:16]
-    assert (movable.run_dir(2) / "save.rc").read_text().strip() == "0", (
-        movable.run_dir(2) / "save.out"
-    ).read_text()
-    found = dumps(movable)
-    assert len(found) == 1, found
-    inf = json.loads((found[0] / "info.json").read_text())
+    b = movable.boots[1]
+    found = b.event("dump-found")
+    assert found is not None, b.messages("dumpsaver.service")
+    assert "dax0.0" in " ".join(b.messages("dumpsaver.service")), b.messages("dumpsaver.service")
+    assert b.has_event("saved"), b.messages("dumpsaver.service")
+    got = dumps(movable)
+    assert len(got) == 1, got
+    inf = json.loads((got[0] / "info.json").read_text())
     assert inf["complete"] is True and inf["panic"] == "sysrq triggered crash", inf
+    assert inf["pages"]["saved"] == int(MODULE_LINE.search(movable.run.serial_text)["written"])
 
 
 def test_clean_reboot_with_user_data_in_range_is_no_dump(movable: Scenario) -> None:
-    load = jload(movable, 3, "load.json")
+    load = jload(movable, 2, "load.json")
     assert load["in_region"] > 0, load
-    head = (movable.run_dir(4) / "region-head").read_bytes()
-    # the load's pages (each starting with the magic) are what the range holds now
-    assert head[:8] == b"MCOREDMP" and head[8:16] == b"\x5a" * 8, head[:16]
+    b = movable.boots[3]
+    for ev in ("dump-found", "saved", "failed"):
+        assert not b.has_event(ev), (ev, b.messages("dumpsaver.service"))
     assert len(dumps(movable)) == 1  # still only the crash's
+    # when the load held the range's first page, boot 4 found the magic at the header's
+    # place, and the rest of the header (not a dump's) decided
+    if load["first_pfn_in_region"]:
+        assert b.has_event("given-back"), b.messages("dumpsaver.service")
 
 
 def test_crash_reads_the_saved_dump(
