@@ -70,6 +70,14 @@ def test_the_dump_range_rule() -> None:
         pmem.dump_range(DUMP, 3 * MiB)
 
 
+def test_sizes_to_choose() -> None:
+    """The headroom below the first block, and the advice for a range that loses one."""
+    assert [pmem.headroom(n) >> 20 for n in (256 * MiB, 1 << 30, 4 << 30)] == [16, 32, 80]
+    lost = pmem.advice(Range(0x40000000, 0x50000000), Range(0x48000000, 0x50000000), BLOCK)
+    assert lost and "only 128 MiB of the 256 MiB" in lost and "memmap=272M!0x3f000000" in lost
+    assert pmem.advice(Range(0x3F000000, 0x50000000), DUMP, BLOCK) is None
+
+
 def test_parse_memmap_both_forms() -> None:
     cmd = "memmap=272M!0x3F000000 memmap=16M$0x30000000 memmap=1G!4G,8M!0x100000 memmap=x!y"
     assert locate.parse_memmap_pmem(cmd) == [
@@ -268,8 +276,19 @@ def test_status_says_how_it_is_read_and_what_came_back(tmp_path: Path) -> None:
     assert a.given_back == 0
     boot.run(c, w, boot.Options())
     (a,) = status.collect(c, w).areas
-    assert a.given_back == 256 * MiB and a.not_movable == []
+    assert a.given_back == 256 * MiB and a.not_movable == [] and a.advice is None
     assert "given back to the system" in a.access
+
+
+def test_status_advises_a_better_memmap(tmp_path: Path) -> None:
+    from dumpsaver import status
+
+    fake = FakePmem(tmp_path / "k", size=256 * MiB, addr=0x40000000)
+    w, c = where(tmp_path, fake, "memmap=256M!0x40000000"), cfg(tmp_path)
+    out = boot.run(c, w, boot.Options())
+    assert any("128.0 MiB online as movable RAM" in n for n in out.notes), out.notes
+    (a,) = status.collect(c, w).areas
+    assert a.given_back == 128 * MiB and a.advice and "memmap=272M!0x3f000000" in a.advice
 
 
 def test_arm_over_the_dump_range_only_when_all_movable(tmp_path: Path) -> None:
@@ -352,3 +371,32 @@ def test_fast_path_never_skips_memmap_bang(tmp_path: Path) -> None:
     assert cli.surely_no_dump(**args)
     (tmp_path / "cmdline").write_text(CMDLINE + "\n")
     assert not cli.surely_no_dump(**args)
+
+
+# -- the units ---------------------------------------------------------------------------
+
+
+def test_units_load_the_drivers_first_and_allow_the_devices(tmp_path: Path) -> None:
+    """dumpsaver-pmem.service loads exactly pmem.MODULES, and only for memmap=!;
+    dumpsaver.service is ordered after it and may open /dev/pmemN and /dev/daxN.M."""
+    import subprocess
+
+    units = Path(__file__).resolve().parent.parent / "units"
+    main = (units / "dumpsaver.service").read_text()
+    for line in ("Wants=dumpsaver-pmem.service", "After=dumpsaver-pmem.service",
+                 "DeviceAllow=block-blkext rw", "DeviceAllow=char-dax rw"):
+        assert line in main.splitlines(), line
+    rw = next(ln for ln in main.splitlines() if ln.startswith("ReadWritePaths="))
+    assert "-/sys/bus" in rw.split() and "-/sys/devices" in rw.split()
+    unit = (units / "dumpsaver-pmem.service").read_text()
+    (cmd,) = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert cmd.startswith("/bin/sh -c '") and cmd.endswith("'")
+    script = cmd[len("/bin/sh -c '"):-1]
+    assert f"modprobe -a {' '.join(pmem.MODULES)}" in script
+    script = script.replace("/proc/cmdline", str(tmp_path / "cmdline"))
+    script = script.replace("exec modprobe", "exec echo modprobe")
+    for line, loads in ((CMDLINE, True), ("memmap=16M$0x30000000 quiet", False),
+                        ("root=/dev/vda", False), ("quiet memmap=1G!4G", True)):
+        (tmp_path / "cmdline").write_text(line + "\n")
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+        assert ("modprobe" in out.stdout) == loads, line
