@@ -10,6 +10,7 @@ saver's decisions and its reading of the tree."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -179,7 +180,8 @@ def test_stale_user_pages_after_a_clean_reboot_are_no_dump(tmp_path: Path) -> No
     assert not (tmp_path / "dumps").exists() or not any((tmp_path / "dumps").iterdir())
 
 
-def test_crash_cycle_saves_then_gives_back(tmp_path: Path) -> None:
+def test_crash_cycle_saves_then_gives_back(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     """Boot 1 gives back; the panic writes a dump there; boot 2 reads it through
     /dev/dax0.0, saves it, invalidates the header and gives the range back again."""
     fake = FakePmem(tmp_path / "k")
@@ -194,8 +196,13 @@ def test_crash_cycle_saves_then_gives_back(tmp_path: Path) -> None:
     with pytest.raises(DumpsaverError, match="waits unsaved"):
         hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
     assert fake.calls == []
-    out = boot.run(c, w, boot.Options())
+    with caplog.at_level(logging.INFO, logger="dumpsaver"):
+        out = boot.run(c, w, boot.Options())
     assert out.status == SaveStatus.SAVED and out.dump_id == m.dump_id
+    found = [r for r in caplog.records if "found dump" in r.getMessage()]
+    assert found and "read through " + str(fake.paths.dev / "dax0.0") in found[0].getMessage()
+    released = [r.getMessage() for r in caplog.records if "gave back" in r.getMessage()]
+    assert released and "256.0 MiB online as movable RAM" in released[0]
     assert [a[0] for a in fake.calls] == ["daxctl"]
     assert fake.read_phys(DUMP.start, 8) == fmt.SAVED_MAGIC
     got = readback.pages(out.dump_dir / "vmcore", "elf", m.page_size)  # type: ignore[operator]
@@ -400,3 +407,24 @@ def test_units_load_the_drivers_first_and_allow_the_devices(tmp_path: Path) -> N
         (tmp_path / "cmdline").write_text(line + "\n")
         out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
         assert ("modprobe" in out.stdout) == loads, line
+
+
+def test_never_given_back_unread(tmp_path: Path) -> None:
+    """devdax with no device to read it through (device_dax not bound): what it holds is
+    unknown, so it stays reserved; the boot says why."""
+    fake = FakePmem(tmp_path / "k")
+    w, c = where(tmp_path, fake), cfg(tmp_path)
+    boot.run(c, w, boot.Options())
+    crash_into(fake, tmp_path)
+    fake.crash_reboot()
+    (fake.bus / "region0/dax0.0/dax0.0/driver").unlink()
+    fake.calls.clear()
+    (cand,) = w.candidates(c)
+    assert cand.pmem is not None and cand.pmem.device() is None
+    with pytest.raises(DumpsaverError, match="cannot read it to check"):
+        hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
+    out = boot.run(c, w, boot.Options())
+    assert out.status is None and any("no device to read it through" in n for n in out.notes)
+    assert any("waiting for its device" in n for n in out.notes), out.notes
+    assert [a[0] for a in fake.calls] == ["modprobe"]  # tried to load device_dax: no more
+    assert fake.read_phys(DUMP.start, 8) == fmt.MAGIC
