@@ -152,7 +152,8 @@ def find_dump(
             continue
         except NoDumpError as e:
             notes.append(f"{cand.source}: {e.message}")
-            if finish_release and cand.pmem is not None and not cand.pmem.given_back:
+            if finish_release and cand.pmem is not None and not cand.pmem.given_back \
+                    and cand.pmem.device() is not None:
                 # memmap=! memory reserved again with no dump in it (a clean reboot,
                 # stale user pages: the magic decides): back to the system
                 _finish_release(cand, where, notes)
@@ -206,8 +207,9 @@ def run(cfg: Config, where: Where, opts: Options, *,
             return out
         ident = identity(h)
         _event("dump-found", f"found dump {did} via {cand.method} "
-                             f"({human(h.dir_offset + h.dir_bytes)} in memory): "
-                             f"{clean_text(dump.meta.panic, 200)}", DUMP_ID=did)
+                             f"({human(h.dir_offset + h.dir_bytes)} in memory, read through "
+                             f"{mem.path}): {clean_text(dump.meta.panic, 200)}", DUMP_ID=did,
+               READ_THROUGH=mem.path)
         tries = state.attempts_for(where.state_dir, did, ident)
         if tries >= cfg.max_attempts and not opts.force:
             if journal.running_under_systemd():  # on a terminal the error line says it

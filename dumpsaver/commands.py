@@ -247,6 +247,8 @@ def cmd_status(ctx: Ctx) -> int:
         if a.given_back is not None:
             p(f"  given back: {human(a.given_back)} online as movable RAM"
               + (f"; not movable: {', '.join(a.not_movable[:4])}" if a.not_movable else ""))
+        if a.advice:
+            p(f"  hint:      {a.advice}")
         p(f"  release:   {a.release}")
     m = s.memory
     if m is not None:

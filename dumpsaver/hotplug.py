@@ -89,7 +89,9 @@ def refuse_if_dump(area: pmem.PmemArea, magic: bytes) -> None:
     from dumpsaver import pmemio
 
     if area.device() is None or area.dump is None:
-        return
+        raise DumpsaverError(f"{area.describe()}: cannot read it to check for a waiting dump, "
+                             "so it is not given back", hint="modprobe nd_pmem dax_pmem "
+                             "device_dax (dumpsaver-pmem.service does at boot)")
     if area.dax is not None:
         with pmemio.open_pmem(area, [area.dump]) as mem:
             found = mem.read(area.dump.start, len(magic)) == magic

@@ -98,6 +98,34 @@ def probe_range(namespace: Range, block_size: int) -> Range | None:
     return dump_range(Range(namespace.start + 1, namespace.end), block_size)
 
 
+#: ndctl's alignment of a legacy pmem region (it refuses others) and devdax's own.
+REGION_ALIGN = 16 << 20
+_DAX_ALIGN = 2 << 20
+
+
+def headroom(size: int) -> int:
+    """Room to leave below the first block for devdax's metadata: its page structures
+    (``--map=dev``, 64 bytes per 4 KiB page) plus the info block's 2 MiB, rounded up to
+    the region alignment (docs/sysfs-abi.md, "Choosing SIZE and ADDR")."""
+    need = size // 64 + _DAX_ALIGN
+    return -(-need // REGION_ALIGN) * REGION_ALIGN
+
+
+def advice(namespace: Range, dump: Range | None, block_size: int) -> str | None:
+    """When the dump range is smaller than the whole blocks the namespace spans (the
+    metadata took a block), the memmap= that would give all of them back."""
+    want = dump_range(namespace, block_size)
+    if want is None or (dump is not None and dump.size >= want.size):
+        return None
+    h = headroom(want.size + REGION_ALIGN)
+    if want.start < h:
+        return None
+    got = "nothing" if dump is None else f"{dump.size >> 20} MiB"
+    return (f"only {got} of the {want.size >> 20} MiB in whole memory blocks comes back "
+            f"(devdax keeps its metadata in the first one): memmap="
+            f"{(want.size + h) >> 20}M!{want.start - h:#x} would give back all of it")
+
+
 @dataclass(frozen=True)
 class DaxDevice:
     name: str  # daxN.M

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from dumpsaver import arm, hotplug, restart, selftest, state
+from dumpsaver import arm, hotplug, pmem, restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
 from dumpsaver.config import Config
@@ -60,6 +60,7 @@ class Area:
     # and the memory blocks of it that are not
     given_back: int | None = None
     not_movable: list[str] = field(default_factory=list)
+    advice: str | None = None  # memmap=! that would give more back
 
 
 @dataclass
@@ -214,6 +215,9 @@ def collect(cfg: Config, where: Where) -> Status:
         if cand.pmem is not None:
             try:
                 area.given_back, area.not_movable = hotplug.movable_state(cand.pmem)
+                p = cand.pmem
+                area.advice = pmem.advice(p.span, p.dump if p.dax else None, p.block_size) \
+                    if p.dax is not None else None
             except DumpsaverError as e:
                 area.given_back, area.not_movable = 0, [clean_text(e.message, 300)]
         try:

@@ -10,6 +10,7 @@ saver's decisions and its reading of the tree."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def test_the_dump_range_rule() -> None:
     assert pmem.dump_range(Range(0x40000000 + six, 0x47000000), BLOCK) is None
     with pytest.raises(DumpsaverError, match="block size"):
         pmem.dump_range(DUMP, 3 * MiB)
+
+
+def test_sizes_to_choose() -> None:
+    """The headroom below the first block, and the advice for a range that loses one."""
+    assert [pmem.headroom(n) >> 20 for n in (256 * MiB, 1 << 30, 4 << 30)] == [16, 32, 80]
+    lost = pmem.advice(Range(0x40000000, 0x50000000), Range(0x48000000, 0x50000000), BLOCK)
+    assert lost and "only 128 MiB of the 256 MiB" in lost and "memmap=272M!0x3f000000" in lost
+    assert pmem.advice(Range(0x3F000000, 0x50000000), DUMP, BLOCK) is None
 
 
 def test_parse_memmap_both_forms() -> None:
@@ -171,7 +180,8 @@ def test_stale_user_pages_after_a_clean_reboot_are_no_dump(tmp_path: Path) -> No
     assert not (tmp_path / "dumps").exists() or not any((tmp_path / "dumps").iterdir())
 
 
-def test_crash_cycle_saves_then_gives_back(tmp_path: Path) -> None:
+def test_crash_cycle_saves_then_gives_back(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     """Boot 1 gives back; the panic writes a dump there; boot 2 reads it through
     /dev/dax0.0, saves it, invalidates the header and gives the range back again."""
     fake = FakePmem(tmp_path / "k")
@@ -186,8 +196,13 @@ def test_crash_cycle_saves_then_gives_back(tmp_path: Path) -> None:
     with pytest.raises(DumpsaverError, match="waits unsaved"):
         hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
     assert fake.calls == []
-    out = boot.run(c, w, boot.Options())
+    with caplog.at_level(logging.INFO, logger="dumpsaver"):
+        out = boot.run(c, w, boot.Options())
     assert out.status == SaveStatus.SAVED and out.dump_id == m.dump_id
+    found = [r for r in caplog.records if "found dump" in r.getMessage()]
+    assert found and "read through " + str(fake.paths.dev / "dax0.0") in found[0].getMessage()
+    released = [r.getMessage() for r in caplog.records if "gave back" in r.getMessage()]
+    assert released and "256.0 MiB online as movable RAM" in released[0]
     assert [a[0] for a in fake.calls] == ["daxctl"]
     assert fake.read_phys(DUMP.start, 8) == fmt.SAVED_MAGIC
     got = readback.pages(out.dump_dir / "vmcore", "elf", m.page_size)  # type: ignore[operator]
@@ -268,8 +283,19 @@ def test_status_says_how_it_is_read_and_what_came_back(tmp_path: Path) -> None:
     assert a.given_back == 0
     boot.run(c, w, boot.Options())
     (a,) = status.collect(c, w).areas
-    assert a.given_back == 256 * MiB and a.not_movable == []
+    assert a.given_back == 256 * MiB and a.not_movable == [] and a.advice is None
     assert "given back to the system" in a.access
+
+
+def test_status_advises_a_better_memmap(tmp_path: Path) -> None:
+    from dumpsaver import status
+
+    fake = FakePmem(tmp_path / "k", size=256 * MiB, addr=0x40000000)
+    w, c = where(tmp_path, fake, "memmap=256M!0x40000000"), cfg(tmp_path)
+    out = boot.run(c, w, boot.Options())
+    assert any("128.0 MiB online as movable RAM" in n for n in out.notes), out.notes
+    (a,) = status.collect(c, w).areas
+    assert a.given_back == 128 * MiB and a.advice and "memmap=272M!0x3f000000" in a.advice
 
 
 def test_arm_over_the_dump_range_only_when_all_movable(tmp_path: Path) -> None:
@@ -352,3 +378,53 @@ def test_fast_path_never_skips_memmap_bang(tmp_path: Path) -> None:
     assert cli.surely_no_dump(**args)
     (tmp_path / "cmdline").write_text(CMDLINE + "\n")
     assert not cli.surely_no_dump(**args)
+
+
+# -- the units ---------------------------------------------------------------------------
+
+
+def test_units_load_the_drivers_first_and_allow_the_devices(tmp_path: Path) -> None:
+    """dumpsaver-pmem.service loads exactly pmem.MODULES, and only for memmap=!;
+    dumpsaver.service is ordered after it and may open /dev/pmemN and /dev/daxN.M."""
+    import subprocess
+
+    units = Path(__file__).resolve().parent.parent / "units"
+    main = (units / "dumpsaver.service").read_text()
+    for line in ("Wants=dumpsaver-pmem.service", "After=dumpsaver-pmem.service",
+                 "DeviceAllow=block-blkext rw", "DeviceAllow=char-dax rw"):
+        assert line in main.splitlines(), line
+    rw = next(ln for ln in main.splitlines() if ln.startswith("ReadWritePaths="))
+    assert "-/sys/bus" in rw.split() and "-/sys/devices" in rw.split()
+    unit = (units / "dumpsaver-pmem.service").read_text()
+    (cmd,) = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert cmd.startswith("/bin/sh -c '") and cmd.endswith("'")
+    script = cmd[len("/bin/sh -c '"):-1]
+    assert f"modprobe -a {' '.join(pmem.MODULES)}" in script
+    script = script.replace("/proc/cmdline", str(tmp_path / "cmdline"))
+    script = script.replace("exec modprobe", "exec echo modprobe")
+    for line, loads in ((CMDLINE, True), ("memmap=16M$0x30000000 quiet", False),
+                        ("root=/dev/vda", False), ("quiet memmap=1G!4G", True)):
+        (tmp_path / "cmdline").write_text(line + "\n")
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+        assert ("modprobe" in out.stdout) == loads, line
+
+
+def test_never_given_back_unread(tmp_path: Path) -> None:
+    """devdax with no device to read it through (device_dax not bound): what it holds is
+    unknown, so it stays reserved; the boot says why."""
+    fake = FakePmem(tmp_path / "k")
+    w, c = where(tmp_path, fake), cfg(tmp_path)
+    boot.run(c, w, boot.Options())
+    crash_into(fake, tmp_path)
+    fake.crash_reboot()
+    (fake.bus / "region0/dax0.0/dax0.0/driver").unlink()
+    fake.calls.clear()
+    (cand,) = w.candidates(c)
+    assert cand.pmem is not None and cand.pmem.device() is None
+    with pytest.raises(DumpsaverError, match="cannot read it to check"):
+        hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
+    out = boot.run(c, w, boot.Options())
+    assert out.status is None and any("no device to read it through" in n for n in out.notes)
+    assert any("waiting for its device" in n for n in out.notes), out.notes
+    assert [a[0] for a in fake.calls] == ["modprobe"]  # tried to load device_dax: no more
+    assert fake.read_phys(DUMP.start, 8) == fmt.MAGIC
