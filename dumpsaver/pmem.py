@@ -270,6 +270,16 @@ def dax_device(paths: PmemPaths, name: str) -> DaxDevice | None:
     return DaxDevice(name, _span(d), _driver(d), int(node_text), align)
 
 
+def dax_child(paths: PmemPaths, holder: str) -> str:
+    """The device-dax under the nd_dax device ``holder`` that claims a namespace.  Their
+    names differ after a reboot that found devdax's info block: the claim is then the
+    next seed (nd ``dax0.1``) and the device-dax under it ``dax0.0`` (6.1, QEMU)."""
+    d = paths.nd / _safe_name(holder, paths.nd)
+    kids = sorted(p.name for p in d.glob("dax*") if _NAME.match(p.name) and p.is_dir()) \
+        if d.is_dir() else []
+    return kids[0] if len(kids) == 1 else holder
+
+
 def _block_dev(d: Path) -> str | None:
     blocks = sorted(p.name for p in (d / "block").glob("pmem*")) if (d / "block").is_dir() \
         else []
@@ -304,7 +314,7 @@ def area_of(paths: PmemPaths, region: str, bs: int | None = None) -> PmemArea | 
                 "dump range cannot be read through it",
                 hint=f"ndctl create-namespace -f -e {name} --mode=devdax")
         if mode == Mode.DEVDAX:
-            dax = dax_device(paths, holder) if holder else None
+            dax = dax_device(paths, dax_child(paths, holder)) if holder else None
             if dax is None:  # dax_pmem not loaded yet: no device, no dump range known
                 return PmemArea(region, name, span, mode, size, paths)
             if not span.contains(dax.range.start, dax.range.size):

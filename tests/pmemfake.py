@@ -85,6 +85,11 @@ class FakePmem:
             info = f.read(len(INFO_MAGIC)) == INFO_MAGIC
         self.mode = "dax" if info else "memory"
         self.driver = "device_dax" if info else None
+        # The nd_dax device that claims the namespace: found at boot from its info block,
+        # the kernel gives it the next seed's name, dax0.1 (seen in QEMU, 6.1); made by
+        # ndctl in this boot, it is the seed dax0.0.  The device-dax under it is dax0.0
+        # either way: the names differ after a crash reboot.
+        self.claim = "dax0.1"
         if self.loaded:
             self._tree()
 
@@ -124,21 +129,23 @@ class FakePmem:
         self._attrs(region, resource=f"{self.addr:#x}", size=str(self.size), nstype="4",
                     align=str(16 * MiB), devtype="nd_pmem")
         ns = region / "namespace0.0"
-        holder = "dax0.0" if self.mode == "dax" else ""
+        holder = self.claim if self.mode == "dax" else ""
         self._attrs(ns, resource=f"{self.addr:#x}", size=str(self.size), mode=self.mode,
                     holder=holder, nstype="4", force_raw="0", devtype="nd_namespace_io")
         self._link(self.paths.nd / "region0", region)
         self._link(self.paths.nd / "namespace0.0", ns)
         self._link(self.paths.nd / "ndbus0", self.bus)
-        # the region's idle seeds, as the kernel shows them
-        self._attrs(region / "dax0.1", namespace="", align=str(2 * MiB), mode="none",
+        # the region's idle seed, as the kernel shows it
+        seed = "dax0.0" if self.mode == "dax" and self.claim == "dax0.1" else "dax0.1"
+        self._attrs(region / seed, namespace="", align=str(2 * MiB), mode="none",
                     devtype="nd_dax")
+        self._link(self.paths.nd / seed, region / seed)
         if self.mode == "dax":
-            nd_dax = region / "dax0.0"
+            nd_dax = region / self.claim
             dsize = self.size - self.dataoff
             self._attrs(nd_dax, namespace="namespace0.0", align=str(2 * MiB), mode="pmem",
                         resource=f"{self.dax_start:#x}", size=str(dsize), devtype="nd_dax")
-            self._link(self.paths.nd / "dax0.0", nd_dax)
+            self._link(self.paths.nd / self.claim, nd_dax)
             dev = nd_dax / "dax0.0"
             self._attrs(dev, resource=f"{self.dax_start:#x}", size=str(dsize),
                         target_node="0", numa_node="0", align=str(2 * MiB),
@@ -206,7 +213,7 @@ class FakePmem:
             with open(self.phys, "r+b") as f:  # metadata only: the info block, page tables
                 f.seek(4096)
                 f.write(INFO_MAGIC)
-            self.mode, self.driver = "dax", "device_dax"
+            self.mode, self.driver, self.claim = "dax", "device_dax", "dax0.0"
             shutil.rmtree(self.bus / "region0/namespace0.0/block", ignore_errors=True)
             self._tree()
             return '{"dev":"namespace0.0","mode":"devdax"}\n'

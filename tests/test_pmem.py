@@ -417,7 +417,7 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     boot.run(c, w, boot.Options())
     crash_into(fake, tmp_path)
     fake.crash_reboot()
-    (fake.bus / "region0/dax0.0/dax0.0/driver").unlink()
+    (fake.paths.dax / "dax0.0/driver").unlink()  # under nd dax0.1 after the reboot
     fake.calls.clear()
     (cand,) = w.candidates(c)
     assert cand.pmem is not None and cand.pmem.device() is None
@@ -428,3 +428,20 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     assert any("waiting for its device" in n for n in out.notes), out.notes
     assert [a[0] for a in fake.calls] == ["modprobe"]  # tried to load device_dax: no more
     assert fake.read_phys(DUMP.start, 8) == fmt.MAGIC
+
+
+def test_crash_reboot_claim_is_the_next_seed(tmp_path: Path) -> None:
+    """After a reboot that finds devdax's info block the namespace's holder is nd dax0.1
+    and the device-dax under it dax0.0 (QEMU, 6.1): the area is read through /dev/dax0.0,
+    not waited for as if it had no device."""
+    fake = FakePmem(tmp_path / "k")
+    w, c = where(tmp_path, fake), cfg(tmp_path)
+    boot.run(c, w, boot.Options())
+    crash_into(fake, tmp_path)
+    fake.crash_reboot()
+    fake.run(["modprobe"])
+    assert (fake.paths.nd / "namespace0.0/holder").read_text().strip() == "dax0.1"
+    (cand,) = w.candidates(c)
+    assert cand.pmem is not None and cand.pmem.dax is not None
+    assert cand.pmem.dax.name == "dax0.0" and cand.pmem.dump == DUMP
+    assert cand.pmem.device() == (str(fake.paths.dev / "dax0.0"), fake.dax_start, True)
