@@ -11,9 +11,9 @@ findings into the run's evidence directory D):
                       load dumpsaver.ko (the DKMS one) over [START, START+SIZE) with the
                       parameters `dumpsaver arm` computes; the module's sysfs state in
                       arm-TAG.json (armed or not, and why)
-  load D MIB          hold MIB MiB of anonymous memory whose every page starts with the
-                      dump magic (more, 16 MiB at a time, until the range's first page is
-                      one of them, up to twice MIB); count (pagemap) the pages in the kmem
+  load D MIB          hold MIB MiB of anonymous memory filled with a pattern (more, 16 MiB
+                      at a time, until the range's first page, the header's place, is one
+                      of them, up to twice MIB); count (pagemap) the pages in the kmem
                       range; touch D/load-ready and sleep
 """
 
@@ -119,7 +119,7 @@ def _pfns(buf: mmap.mmap, n: int) -> list[int]:
 
 def _fill(mib: int) -> tuple[mmap.mmap, int]:
     buf = mmap.mmap(-1, mib << 20)
-    chunk = (b"MCOREDMP" + b"\x5a" * 4088) * 256  # every page starts with the magic
+    chunk = (b"USERDATA" + b"\x5a" * 4088) * 256  # user data: no dump's magic
     for i in range(mib):
         buf[i << 20 : (i + 1) << 20] = chunk
     return buf, mib << 8
