@@ -342,12 +342,20 @@ def test_hostile_sysfs_is_one_line(tmp_path: Path, rel: str, text: str, match: s
 def test_dax_device_outside_its_namespace(tmp_path: Path) -> None:
     fake = FakePmem(tmp_path / "k")
     fake.run(["ndctl", "create-namespace", "-f", "-e", "namespace0.0", "--mode=devdax"])
-    d = fake.bus / "region0/dax0.0/dax0.0"
+    fake.crash_reboot()
+    d = fake.bus / "region0/dax0.1/dax0.0"
     (d / "resource").write_text("0x60000000\n")
     with pytest.raises(DumpsaverError, match=r"is not inside namespace0\.0") as e:
         where(tmp_path, fake).candidates(cfg(tmp_path))
     assert "\n" not in e.value.message
     (d / "resource").write_text("0x3f600000\n")
+    bus = fake.paths.dax / "dax0.0"
+    bus.unlink()
+    bus.symlink_to(fake.bus / "region0/dax0.0")  # the bus names another device
+    with pytest.raises(DumpsaverError, match="is not the device under"):
+        where(tmp_path, fake).candidates(cfg(tmp_path))
+    bus.unlink()
+    bus.symlink_to(d)
     (d / "size").write_text(str(64 * MiB) + "\n")  # no whole block inside
     with pytest.raises(DumpsaverError, match="no whole 128 MiB memory block"):
         where(tmp_path, fake).candidates(cfg(tmp_path))
@@ -417,7 +425,7 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     boot.run(c, w, boot.Options())
     crash_into(fake, tmp_path)
     fake.crash_reboot()
-    (fake.bus / "region0/dax0.0/dax0.0/driver").unlink()
+    (fake.bus / "region0/dax0.1/dax0.0/driver").unlink()
     fake.calls.clear()
     (cand,) = w.candidates(c)
     assert cand.pmem is not None and cand.pmem.device() is None
