@@ -284,6 +284,7 @@ def test_status_says_how_it_is_read_and_what_came_back(tmp_path: Path) -> None:
     boot.run(c, w, boot.Options())
     (a,) = status.collect(c, w).areas
     assert a.given_back == 256 * MiB and a.not_movable == [] and a.advice is None
+    assert a.mem_total == (MEMTOTAL_KB + 262144) * 1024
     assert "given back to the system" in a.access
 
 
