@@ -437,3 +437,21 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     assert any("waiting for its device" in n for n in out.notes), out.notes
     assert [a[0] for a in fake.calls] == ["modprobe"]  # tried to load device_dax: no more
     assert fake.read_phys(DUMP.start, 8) == fmt.MAGIC
+
+
+def test_give_back_unmaps_the_device_first(tmp_path: Path) -> None:
+    """The boot job still holds the saved dump's mapping of /dev/daxN.M when it gives
+    the range back: the mapping goes before daxctl unbinds device_dax."""
+    fake = FakePmem(tmp_path / "k")
+    w, c = where(tmp_path, fake), cfg(tmp_path)
+    boot.run(c, w, boot.Options())
+    fake.crash_reboot()
+    (cand,) = w.candidates(c)
+    assert cand.pmem is not None
+    mem = pmemio.open_area(cand, w.mem)
+    assert mem.read(DUMP.start, 8) == bytes(8)
+    gave = hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
+    assert gave.onlined == 256 * MiB
+    with pytest.raises(DumpsaverError, match="no longer mapped"):
+        mem.read(DUMP.start, 8)
+    mem.close()
