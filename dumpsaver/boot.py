@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -87,13 +88,17 @@ def prepare_pmem(cfg: Config, where: Where) -> list[str]:
     if not wanted:
         return []
     notes = []
+    began = time.monotonic()
     if hotplug.wait_for(where.pmem, wanted, 0.0):
         err = hotplug.load_modules(where.pmem)
         if err:
             notes.append(f"loading the persistent memory modules: {err}")
-    missing = hotplug.wait_for(where.pmem, wanted, cfg.pmem_wait)
-    for m in missing:
-        notes.append(f"after waiting {cfg.pmem_wait} s: {m}")
+        missing = hotplug.wait_for(where.pmem, wanted, cfg.pmem_wait)
+        for m in missing:
+            notes.append(f"after waiting {cfg.pmem_wait} s: {m}")
+        if not missing:
+            log.info("the persistent memory devices appeared after %.1f s",
+                     time.monotonic() - began)
     return notes
 
 

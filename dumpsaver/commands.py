@@ -245,7 +245,9 @@ def cmd_status(ctx: Ctx) -> int:
         if a.access:
             p(f"  access:    {a.access}")
         if a.given_back is not None:
-            p(f"  given back: {human(a.given_back)} online as movable RAM"
+            total = (f" (MemTotal {a.mem_total >> 10} kB, {(a.mem_total - a.given_back) >> 10}"
+                     " kB without it)") if a.mem_total and a.given_back else ""
+            p(f"  given back: {human(a.given_back)} online as movable RAM{total}"
               + (f"; not movable: {', '.join(a.not_movable[:4])}" if a.not_movable else ""))
         if a.advice:
             p(f"  hint:      {a.advice}")
@@ -519,8 +521,13 @@ def cmd_test(ctx: Ctx) -> int:
     from dumpsaver.restart import RestartAction
 
     where = ctx.where
-    cands = [c for c in where.candidates(ctx.cfg)
-             if c.method not in (LocateMethod.SYSFS, LocateMethod.PMEM)]
+    found = where.candidates(ctx.cfg)
+    cands = [c for c in found if c.method not in (LocateMethod.SYSFS, LocateMethod.PMEM)]
+    if not cands and any(c.method == LocateMethod.PMEM for c in found):
+        raise DumpsaverError(
+            "memmap=SIZE!ADDR memory is RAM in use between crashes: the self-test writes "
+            "only into a memmap=SIZE$ADDR reservation",
+            hint="test the whole chain with a real crash: echo c > /proc/sysrq-trigger")
     if not cands:
         raise DumpsaverError(
             "no reserved region to test with",

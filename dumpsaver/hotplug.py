@@ -121,6 +121,9 @@ def give_back(area: pmem.PmemArea, *, magic: bytes) -> GiveBack:
         raise DumpsaverError(f"{area.namespace} is devdax but shows no dax device in "
                              f"{paths.dax}", hint="modprobe dax_pmem device_dax")
     if area.dax.driver != "kmem":
+        from dumpsaver import pmemio
+
+        pmemio.unmap_all(str(paths.dev / area.dax.name))  # no reader keeps it mapped
         argv = [paths.daxctl, "reconfigure-device", "--mode=system-ram", area.dax.name]
         run_(argv)
         out.steps.append(" ".join(argv))

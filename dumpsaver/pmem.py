@@ -270,14 +270,19 @@ def dax_device(paths: PmemPaths, name: str) -> DaxDevice | None:
     return DaxDevice(name, _span(d), _driver(d), int(node_text), align)
 
 
-def dax_child(paths: PmemPaths, holder: str) -> str:
-    """The device-dax under the nd_dax device ``holder`` that claims a namespace.  Their
-    names differ after a reboot that found devdax's info block: the claim is then the
-    next seed (nd ``dax0.1``) and the device-dax under it ``dax0.0`` (6.1, QEMU)."""
-    d = paths.nd / _safe_name(holder, paths.nd)
-    kids = sorted(p.name for p in d.glob("dax*") if _NAME.match(p.name) and p.is_dir()) \
-        if d.is_dir() else []
-    return kids[0] if len(kids) == 1 else holder
+def _dax_of(paths: PmemPaths, holder: str) -> DaxDevice | None:
+    """The device-dax instance of the nd dax device ``holder`` that claims a namespace: a
+    child directory of it, also listed on the dax bus.  Its name is not the holder's
+    (after a reboot 6.1 shows holder dax0.1 with device dax0.0 under it)."""
+    hdir = paths.nd / _safe_name(holder, paths.nd)
+    for child in sorted(hdir.glob("dax*")):
+        if not re.fullmatch(r"dax\d+\.\d+", child.name) or not child.is_dir():
+            continue
+        bus = paths.dax / child.name
+        if os.path.realpath(bus) != os.path.realpath(child):
+            raise DumpsaverError(f"{bus} is not the device under {hdir}: refusing to use it")
+        return dax_device(paths, child.name)
+    return None
 
 
 def _block_dev(d: Path) -> str | None:
@@ -314,7 +319,7 @@ def area_of(paths: PmemPaths, region: str, bs: int | None = None) -> PmemArea | 
                 "dump range cannot be read through it",
                 hint=f"ndctl create-namespace -f -e {name} --mode=devdax")
         if mode == Mode.DEVDAX:
-            dax = dax_device(paths, dax_child(paths, holder)) if holder else None
+            dax = _dax_of(paths, holder) if holder else None
             if dax is None:  # dax_pmem not loaded yet: no device, no dump range known
                 return PmemArea(region, name, span, mode, size, paths)
             if not span.contains(dax.range.start, dax.range.size):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,22 @@ class OffsetMem(PhysMem):
             raise DumpsaverError(f"cannot flush {self.path}: {e.strerror}") from e
 
 
+#: Every open device-dax mapping, so that giving the device back can unmap them first.
+_LIVE: weakref.WeakSet[DaxMem] = weakref.WeakSet()
+
+
+def unmap_all(path: str) -> int:
+    """Unmap every mapping of ``path`` (before daxctl unbinds device_dax from it: the
+    boot job still holds the dump it saved open); later reads fail with an error.
+    The number unmapped."""
+    n = 0
+    for m in list(_LIVE):
+        if m.path == path and not m.map.closed:
+            m.map.close()
+            n += 1
+    return n
+
+
 class DaxMem(PhysMem):
     """A device-dax character device (/dev/daxN.M), mmapped whole; its offset 0 is
     physical address ``base`` and it is ``size`` bytes long."""
@@ -101,6 +118,7 @@ class DaxMem(PhysMem):
             self.close()
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise DumpsaverError(f"cannot map {path} ({size} bytes): {why}") from e
+        _LIVE.add(self)
 
     def close(self) -> None:
         m = getattr(self, "map", None)
@@ -108,12 +126,17 @@ class DaxMem(PhysMem):
             m.close()
         super().close()
 
+    def _mapped(self) -> mmap.mmap:
+        if self.map.closed:
+            raise DumpsaverError(f"{self.path} is no longer mapped (given back to the system)")
+        return self.map
+
     def read(self, start: int, length: int) -> bytes:
         self.check(start, length)
         if self.on_access is not None:
             self.on_access(start, length)
         off = start - self.base
-        return self.map[off : off + length]
+        return self._mapped()[off : off + length]
 
     def write(self, start: int, data: bytes | memoryview) -> None:
         if not self.writable:
@@ -122,10 +145,9 @@ class DaxMem(PhysMem):
         if self.on_access is not None:
             self.on_access(start, len(data))
         off = start - self.base
-        # No flush: msync(MS_SYNC) fails with EINVAL on device-dax (its file has no
-        # fsync; seen in QEMU, 6.1), and there is nothing to write back: the mapping is
-        # the memory itself.
-        self.map[off : off + len(data)] = bytes(data)
+        # Device-dax is memory: a store is in RAM once made, with no page cache to
+        # flush, and msync() fails there (EINVAL: the device has no fsync).
+        self._mapped()[off : off + len(data)] = bytes(data)
 
 
 def area_path(cand: Candidate, mem_path: str) -> str:

@@ -337,7 +337,8 @@ def _save_locked(
             event("released", f"released the dump area ({cand.release_action})")
         else:
             event("released", f"released the dump area: gave back {gave.line()}",
-                  ONLINED=gave.onlined)
+                  ONLINED=gave.onlined, MEMTOTAL_BEFORE=gave.mem_total_before or 0,
+                  MEMTOTAL_AFTER=gave.mem_total_after or 0)
     checkpoint("retention")
     vacuum(dest, dest_fd, cfg, protect=final)
     return Result(status, dest / final, info, released=not keep)

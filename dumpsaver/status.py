@@ -61,6 +61,7 @@ class Area:
     given_back: int | None = None
     not_movable: list[str] = field(default_factory=list)
     advice: str | None = None  # memmap=! that would give more back
+    mem_total: int | None = None  # memmap=!: MemTotal now (bytes), given_back included
 
 
 @dataclass
@@ -216,6 +217,7 @@ def collect(cfg: Config, where: Where) -> Status:
             try:
                 area.given_back, area.not_movable = hotplug.movable_state(cand.pmem)
                 p = cand.pmem
+                area.mem_total = pmem.mem_total(p.paths.meminfo)
                 area.advice = pmem.advice(p.span, p.dump if p.dax else None, p.block_size) \
                     if p.dax is not None else None
             except DumpsaverError as e:

@@ -85,11 +85,7 @@ class FakePmem:
             info = f.read(len(INFO_MAGIC)) == INFO_MAGIC
         self.mode = "dax" if info else "memory"
         self.driver = "device_dax" if info else None
-        # The nd_dax device that claims the namespace: found at boot from its info block,
-        # the kernel gives it the next seed's name, dax0.1 (seen in QEMU, 6.1); made by
-        # ndctl in this boot, it is the seed dax0.0.  The device-dax under it is dax0.0
-        # either way: the names differ after a crash reboot.
-        self.claim = "dax0.1"
+        self.holder = "dax0.1"  # a boot that finds the info block: seed dax0.0 stays idle
         if self.loaded:
             self._tree()
 
@@ -129,23 +125,31 @@ class FakePmem:
         self._attrs(region, resource=f"{self.addr:#x}", size=str(self.size), nstype="4",
                     align=str(16 * MiB), devtype="nd_pmem")
         ns = region / "namespace0.0"
-        holder = self.claim if self.mode == "dax" else ""
+        holder = self.holder if self.mode == "dax" else ""
         self._attrs(ns, resource=f"{self.addr:#x}", size=str(self.size), mode=self.mode,
-                    holder=holder, nstype="4", force_raw="0", devtype="nd_namespace_io")
+                    holder=holder, holder_class="dax" if holder else "", nstype="4",
+                    force_raw="0", devtype="nd_namespace_io")
         self._link(self.paths.nd / "region0", region)
         self._link(self.paths.nd / "namespace0.0", ns)
         self._link(self.paths.nd / "ndbus0", self.bus)
-        # the region's idle seed, as the kernel shows it
-        seed = "dax0.0" if self.mode == "dax" and self.claim == "dax0.1" else "dax0.1"
-        self._attrs(region / seed, namespace="", align=str(2 * MiB), mode="none",
-                    devtype="nd_dax")
-        self._link(self.paths.nd / seed, region / seed)
+        # the region's idle seeds, as the kernel shows them (their resource and size
+        # fail with ENXIO there: the sysfs files are absent here)
+        for seed in ("dax0.0", "dax0.1"):
+            if seed != holder:
+                shutil.rmtree(region / seed, ignore_errors=True)
+                self._attrs(region / seed, namespace="", align=str(2 * MiB), mode="none",
+                            devtype="nd_dax")
+                self._link(self.paths.nd / seed, region / seed)
         if self.mode == "dax":
-            nd_dax = region / self.claim
+            # 6.1: the claiming nd dax device is dax0.0 right after ndctl made the
+            # namespace devdax, dax0.1 after a reboot found its info block; the
+            # device-dax under it is named after the namespace: dax0.0
+            nd_dax = region / holder
+            shutil.rmtree(nd_dax, ignore_errors=True)
             dsize = self.size - self.dataoff
             self._attrs(nd_dax, namespace="namespace0.0", align=str(2 * MiB), mode="pmem",
                         resource=f"{self.dax_start:#x}", size=str(dsize), devtype="nd_dax")
-            self._link(self.paths.nd / self.claim, nd_dax)
+            self._link(self.paths.nd / holder, nd_dax)
             dev = nd_dax / "dax0.0"
             self._attrs(dev, resource=f"{self.dax_start:#x}", size=str(dsize),
                         target_node="0", numa_node="0", align=str(2 * MiB),
@@ -213,7 +217,7 @@ class FakePmem:
             with open(self.phys, "r+b") as f:  # metadata only: the info block, page tables
                 f.seek(4096)
                 f.write(INFO_MAGIC)
-            self.mode, self.driver, self.claim = "dax", "device_dax", "dax0.0"
+            self.mode, self.driver, self.holder = "dax", "device_dax", "dax0.0"
             shutil.rmtree(self.bus / "region0/namespace0.0/block", ignore_errors=True)
             self._tree()
             return '{"dev":"namespace0.0","mode":"devdax"}\n'
@@ -223,7 +227,7 @@ class FakePmem:
                 raise DumpsaverError("daxctl: dax0.0 not found")
             self._fold_back()
             self.driver = "kmem"
-            dev = self.bus / "region0/dax0.0/dax0.0"
+            dev = self.bus / "region0" / self.holder / "dax0.0"
             self._link(dev / "driver", self.sys / "bus/dax/drivers/kmem")
             start = -(-self.dax_start // self.block)
             end = (self.addr + self.size) // self.block

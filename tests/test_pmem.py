@@ -284,6 +284,7 @@ def test_status_says_how_it_is_read_and_what_came_back(tmp_path: Path) -> None:
     boot.run(c, w, boot.Options())
     (a,) = status.collect(c, w).areas
     assert a.given_back == 256 * MiB and a.not_movable == [] and a.advice is None
+    assert a.mem_total == (MEMTOTAL_KB + 262144) * 1024
     assert "given back to the system" in a.access
 
 
@@ -342,12 +343,20 @@ def test_hostile_sysfs_is_one_line(tmp_path: Path, rel: str, text: str, match: s
 def test_dax_device_outside_its_namespace(tmp_path: Path) -> None:
     fake = FakePmem(tmp_path / "k")
     fake.run(["ndctl", "create-namespace", "-f", "-e", "namespace0.0", "--mode=devdax"])
-    d = fake.bus / "region0/dax0.0/dax0.0"
+    fake.crash_reboot()
+    d = fake.bus / "region0/dax0.1/dax0.0"
     (d / "resource").write_text("0x60000000\n")
     with pytest.raises(DumpsaverError, match=r"is not inside namespace0\.0") as e:
         where(tmp_path, fake).candidates(cfg(tmp_path))
     assert "\n" not in e.value.message
     (d / "resource").write_text("0x3f600000\n")
+    bus = fake.paths.dax / "dax0.0"
+    bus.unlink()
+    bus.symlink_to(fake.bus / "region0/dax0.0")  # the bus names another device
+    with pytest.raises(DumpsaverError, match="is not the device under"):
+        where(tmp_path, fake).candidates(cfg(tmp_path))
+    bus.unlink()
+    bus.symlink_to(d)
     (d / "size").write_text(str(64 * MiB) + "\n")  # no whole block inside
     with pytest.raises(DumpsaverError, match="no whole 128 MiB memory block"):
         where(tmp_path, fake).candidates(cfg(tmp_path))
@@ -417,7 +426,7 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     boot.run(c, w, boot.Options())
     crash_into(fake, tmp_path)
     fake.crash_reboot()
-    (fake.paths.dax / "dax0.0/driver").unlink()  # under nd dax0.1 after the reboot
+    (fake.bus / "region0/dax0.1/dax0.0/driver").unlink()
     fake.calls.clear()
     (cand,) = w.candidates(c)
     assert cand.pmem is not None and cand.pmem.device() is None
@@ -430,18 +439,19 @@ def test_never_given_back_unread(tmp_path: Path) -> None:
     assert fake.read_phys(DUMP.start, 8) == fmt.MAGIC
 
 
-def test_crash_reboot_claim_is_the_next_seed(tmp_path: Path) -> None:
-    """After a reboot that finds devdax's info block the namespace's holder is nd dax0.1
-    and the device-dax under it dax0.0 (QEMU, 6.1): the area is read through /dev/dax0.0,
-    not waited for as if it had no device."""
+def test_give_back_unmaps_the_device_first(tmp_path: Path) -> None:
+    """The boot job still holds the saved dump's mapping of /dev/daxN.M when it gives
+    the range back: the mapping goes before daxctl unbinds device_dax."""
     fake = FakePmem(tmp_path / "k")
     w, c = where(tmp_path, fake), cfg(tmp_path)
     boot.run(c, w, boot.Options())
-    crash_into(fake, tmp_path)
     fake.crash_reboot()
-    fake.run(["modprobe"])
-    assert (fake.paths.nd / "namespace0.0/holder").read_text().strip() == "dax0.1"
     (cand,) = w.candidates(c)
-    assert cand.pmem is not None and cand.pmem.dax is not None
-    assert cand.pmem.dax.name == "dax0.0" and cand.pmem.dump == DUMP
-    assert cand.pmem.device() == (str(fake.paths.dev / "dax0.0"), fake.dax_start, True)
+    assert cand.pmem is not None
+    mem = pmemio.open_area(cand, w.mem)
+    assert mem.read(DUMP.start, 8) == bytes(8)
+    gave = hotplug.give_back(cand.pmem, magic=fmt.MAGIC)
+    assert gave.onlined == 256 * MiB
+    with pytest.raises(DumpsaverError, match="no longer mapped"):
+        mem.read(DUMP.start, 8)
+    mem.close()
