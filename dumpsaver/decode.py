@@ -3,15 +3,21 @@
 Two passes over the directory, each with bounded memory:
 
 * ``scan()`` checks every entry and the CRC of every stored page and returns
-  the runs of good PFNs (the output writers lay out their files from them);
-* ``pages()`` walks the directory again and yields the decompressed pages of
-  those runs in ascending PFN order.
+  the runs of good PFNs (the ELF writer lays out its segments from them);
+* ``pages()`` / ``stored_raw()`` walk the directory again and yield the pages of
+  those runs in ascending PFN order, checking each CRC again on the bytes handed out;
 
+or one (``walk()``, for the kdump writer, whose layout does not need the runs
+before the pages): each entry and page checked once, the scan filled as it goes.
+
+The directory is checked in bulk, a chunk of entries at a time (format.check_entries);
+stored pages are handed out as views of a small cache of windows of the stream.
 A damaged page is counted and left out; it never stops the rest.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import dataclasses
@@ -81,6 +87,9 @@ class Scan:
     stored_bytes: int = 0
     damaged: collections.Counter[str] = field(default_factory=collections.Counter)
     damaged_pfns: list[int] = field(default_factory=list)  # first few, for the report
+    #: False while the scan is being filled by a one-pass writer (``Dump.walk``): its
+    #: runs and counts are not known before the pages are written.
+    done: bool = True
 
     @property
     def nr_damaged(self) -> int:
@@ -330,17 +339,67 @@ class Dump:
         s.good, s.zero, s.stored_bytes = good, zero, stored
         return s
 
-    def stored_raw(self, scan: Scan) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
+    def walk(self, scan: Scan) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
+        """Pass one and pass two in one: every checked page, ascending, in lists, filling
+        ``scan`` (runs, counts, damage) as it goes; for a writer whose layout does not
+        depend on which pages are good before it writes them (kdump's).  Each page's CRC
+        is checked on the very bytes yielded (views into the read cache, empty for a zero
+        page); a page that fails it is damaged and left out, as in ``scan``."""
+        note = scan.note_damage
+        view = self._win.view
+        crc32 = zlib.crc32
+        zero_flag = fmt.EntryFlag.ZERO.value
+        runs = scan.runs
+        last = runs[-2] + runs[-1] if runs else -2
+        empty = memoryview(b"")
+        for acc in self._accepted(note):
+            batch: list[tuple[RawEntry, memoryview | None]] = []
+            for e in acc:
+                pfn, flags = e[0], e[4]
+                if flags & zero_flag:
+                    data = empty
+                    scan.zero += 1
+                else:
+                    try:
+                        data = view(e[1], e[2])
+                        ok = crc32(data) == e[3]
+                    except OutsideAreaError:
+                        ok = False
+                    if not ok:
+                        note("page checksum mismatch", pfn)
+                        continue
+                    scan.stored_bytes += e[2]
+                if pfn == last:
+                    runs[-1] += 1
+                else:
+                    runs.append(pfn)
+                    runs.append(1)
+                last = pfn + 1
+                scan.good += 1
+                batch.append((e, data))
+                if len(batch) >= RAW_BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        scan.done = True
+
+    def stored_raw(
+        self, scan: Scan, lo: int = 0, hi: int | None = None
+    ) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
         """Pass two: (entry, stored bytes) for every PFN in ``scan.runs``, ascending, in
         lists.  The bytes are a view into the read cache (valid while it is held), empty
         for a zero page, and None when a page that passed pass one fails its CRC now
         (memory changed under us: counted as damaged).  Writers that copy compressed pages
-        unchanged use this directly: they copy the very bytes that were checked."""
+        unchanged use this directly: they copy the very bytes that were checked.
+        Only PFNs in [lo, hi) when given (a writer's share of the pages)."""
         runs = scan.runs
         nruns = len(runs)
         ri = 0
         if not nruns:
             return
+        first_pfn = lo
+        stop_pfn = (1 << 64) if hi is None else hi
         lo, hi = runs[0], runs[0] + runs[1]
         view = self._win.view
         crc32 = zlib.crc32
@@ -348,8 +407,15 @@ class Dump:
         empty = memoryview(b"")
         for acc in self._accepted(None):
             batch: list[tuple[RawEntry, memoryview | None]] = []
+            if acc[-1][0] < first_pfn:
+                continue
+            if acc[0][0] < first_pfn:
+                acc = acc[bisect.bisect_left(acc, first_pfn, key=lambda e: e[0]) :]
             for e in acc:
                 pfn = e[0]
+                if pfn >= stop_pfn:
+                    ri = nruns
+                    break
                 if pfn >= hi:
                     while pfn >= hi:
                         ri += 2
@@ -387,8 +453,11 @@ class Dump:
             for e, data in batch:
                 yield fmt.Entry(*e[:5]), (bytes(data) if data is not None else None)
 
-    def pages(self, scan: Scan) -> Iterator[tuple[int, bytes | None]]:
-        """Yield (pfn, page) for every PFN in ``scan.runs``; page is None for a zero page.
+    def pages(
+        self, scan: Scan, lo: int = 0, hi: int | None = None
+    ) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (pfn, page) for every PFN in ``scan.runs`` (in [lo, hi) when given); page
+        is None for a zero page.
 
         A page that cannot be decompressed (or changed since pass one) is yielded
         as zeros and counted in ``scan``: the layout was fixed by pass one.
@@ -397,7 +466,7 @@ class Dump:
         decompress = decompressor(h.codec, h.page_size)
         zero = bytes(h.page_size)
         zero_flag, raw_flag = fmt.EntryFlag.ZERO.value, fmt.EntryFlag.RAW.value
-        for batch in self.stored_raw(scan):
+        for batch in self.stored_raw(scan, lo, hi):
             for e, data in batch:
                 flags = e[4]
                 if data is None:

@@ -99,6 +99,10 @@ class ElfWriter:
     name = "elf"
     filename = "vmcore"
 
+    def prepare(self, dump: Dump) -> Scan:
+        """Pass one: the segments are the runs of good pages."""
+        return dump.scan()
+
     def estimate(self, dump: Dump, scan: Scan) -> int:
         _phnum, data_off, _notes = _layout(dump, scan)
         return data_off + (scan.good - scan.zero) * dump.header.page_size

@@ -160,12 +160,16 @@ class Layout:
         self.bitmap_off = (1 + self.sub_hdr_blocks) * bs
         self.bitmap_blocks = 2 * self.bitmap_bytes // bs
         self.desc_off = self.bitmap_off + 2 * self.bitmap_bytes
-        self.nr_desc = scan.good
+        # One pass (scan not done yet): room for a descriptor per directory entry, the
+        # most there can be; the ones of damaged pages stay unused (a hole).
+        self.nr_desc = scan.good if scan.done else h.nr_entries
         self.data_off = self.desc_off + self.nr_desc * PAGE_DESC.size
         self.zero_off = self.data_off  # the shared zero page comes first
         self.pages_off = self.data_off + bs
         recompress = h.codec not in PASSTHROUGH
         stored = (scan.good - scan.zero) * bs if recompress else scan.stored_bytes
+        if not scan.done:  # one pass (zlib, zstd): the stored pages, as the data section
+            stored = h.data_bytes
         self.max_size = self.pages_off + stored  # pass two can only shrink it
 
 
@@ -312,12 +316,17 @@ def write_kdump(
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
-    incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
+    # One pass (a scan not done yet, from KdumpWriter.prepare): pages are checked as they
+    # are copied and the bitmaps follow them; else pass one fixed the layout.
+    one_pass = not scan.done
+    if one_pass and decompress is not None:
+        raise ValueError("one-pass kdump writing copies zlib and zstd pages only")
 
-    # Bitmaps first: fixed by pass one.
+    # Bitmaps first when fixed by pass one.
     _write_ram_bitmap(sink, lay.bitmap_off, h.mem_pages, lay.bitmap_bytes)
-    for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
-        sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
+    if not one_pass:
+        for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
+            sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
 
     zero_desc = PAGE_DESC.pack(lay.zero_off, bs, 0, 0)
     pack = PAGE_DESC.pack
@@ -330,7 +339,7 @@ def write_kdump(
     chunk_bytes = bs
     data_at = lay.data_off
     done = 0
-    total = scan.good
+    total = scan.good if not one_pass else h.nr_entries
     lost = 0  # pages the layout promised but pass two could not deliver
 
     runs = scan.iter_runs()
@@ -369,12 +378,14 @@ def write_kdump(
             chunks.append(piece)
             seg_obj = None
 
-    for batch in dump.stored_raw(scan):
+    batches: Iterator[list[tuple[fmt.RawEntry, memoryview | None]]]
+    batches = dump.walk(scan) if one_pass else dump.stored_raw(scan)
+    for batch in batches:
         for e, stored in batch:
             if kill_in_loop:
                 faults.checkpoint("write-page")
             pfn, flags = e[0], e[4]
-            if pfn != want:
+            if pfn != want and not one_pass:
                 skip_to(pfn)
             if stored is None:  # counted by stored_raw
                 descs.append(zero_desc)
@@ -413,10 +424,11 @@ def write_kdump(
                     descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
                     chunks.append(page)
                     chunk_bytes += bs
-            want += 1
-            if want == end:
-                first, count = next(runs, (-1, 0))
-                want, end = first, first + count
+            if not one_pass:
+                want += 1
+                if want == end:
+                    first, count = next(runs, (-1, 0))
+                    want, end = first, first + count
             done += 1
         end_piece()
         if chunk_bytes >= DATA_FLUSH:
@@ -429,14 +441,19 @@ def write_kdump(
             descs = []
             if progress is not None:
                 progress(done, total)
-    skip_to(-1)  # the directory ended early since pass one
+    if one_pass:
+        for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
+            sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
+    else:
+        skip_to(-1)  # the directory ended early since pass one
     if descs:
         sink.write_at(desc_at, b"".join(descs))
         desc_at += len(descs) * PAGE_DESC.size
     if chunks:
         pwritev_at(sink, data_at, chunks)
         data_at += chunk_bytes
-    assert desc_at == lay.data_off, (desc_at, lay.data_off)
+    assert desc_at == lay.data_off or (one_pass and desc_at < lay.data_off), (desc_at, lay)
+    incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
 
     status = copy_flag
     if incomplete or lost:
@@ -454,6 +471,13 @@ class KdumpWriter:
 
     name = "kdump"
     filename = "vmcore"
+
+    def prepare(self, dump: Dump) -> Scan:
+        """zlib and zstd: nothing before the pages, one pass does it all (write_kdump);
+        lz4 pages are inflated, and pass one comes first."""
+        if dump.header.codec in PASSTHROUGH:
+            return Scan(done=False)
+        return dump.scan()
 
     def estimate(self, dump: Dump, scan: Scan) -> int:
         return Layout(dump, scan).max_size
