@@ -34,13 +34,13 @@ from dumpsaver.errors import FormatError, OutsideAreaError
 from dumpsaver.format import RawEntry
 from dumpsaver.physmem import LogicalStream, PhysMem
 
-WINDOW_SHIFT = 20
+WINDOW_SHIFT = 18  # 256 KiB: as few re-reads as 1 MiB windows on a busy machine, 1/4 the RSS
 WINDOW = 1 << WINDOW_SHIFT
 RAW_BATCH = 1024  # pages per list from Dump.stored_raw
 
 
 class _Windows:
-    """Reads the logical stream in aligned 1 MiB windows, keeping a few (LRU).
+    """Reads the logical stream in aligned 256 KiB windows, keeping a few (LRU).
 
     Stored pages of one class lie in PFN order, so the PFN-ordered walk reads a
     handful of interleaved sequential streams: a small cache serves them.
