@@ -44,6 +44,20 @@ class Run:
     cpu: float  # user + system
     maxrss_kb: int
     out_bytes: int = 0
+    load: float = 0.0  # the 1-minute load average, the higher of before and after
+
+
+def loadavg() -> float:
+    """The 1-minute load average (/proc/loadavg): how busy the shared machine was."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+#: A run measured while the load average was at least this is retried (every core of
+#: the machine had other work: the contenders' wall times then say little).
+BUSY = float(os.cpu_count() or 1)
 
 
 def timed(cmd: Sequence[str], *, out: Path | None = None, env: dict[str, str] | None = None,
@@ -54,6 +68,7 @@ def timed(cmd: Sequence[str], *, out: Path | None = None, env: dict[str, str] | 
     Linux also counts the image it was forked from (this benchmark process) before
     its exec, which would hide the command's own figure."""
     rss_file = Path(tempfile.mkstemp(prefix="rss-")[1])
+    load0 = loadavg()
     wrap = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if TIME else []
     t0 = time.perf_counter()
     p = subprocess.Popen([*wrap, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -76,7 +91,7 @@ def timed(cmd: Sequence[str], *, out: Path | None = None, env: dict[str, str] | 
     if out is not None and out.exists():
         size = sum(f.stat().st_size for f in out.rglob("vmcore")) if out.is_dir() else (
             out.stat().st_size)
-    return Run(wall, ru.ru_utime + ru.ru_stime, maxrss, size)
+    return Run(wall, ru.ru_utime + ru.ru_stime, maxrss, size, max(load0, loadavg()))
 
 
 def fsync_path(path: Path) -> Callable[[], None]:
@@ -95,9 +110,10 @@ def best(runs: list[Run]) -> Run:
 
 
 class Bench:
-    def __init__(self, work: Path, repeat: int) -> None:
+    def __init__(self, work: Path, repeat: int, retries: int = 0) -> None:
         self.work = work
         self.repeat = repeat
+        self.retries = retries
         self.results: dict[str, Any] = {}
 
     # -- machines -----------------------------------------------------------------------
@@ -116,7 +132,8 @@ class Bench:
     def manifest(sim: Path) -> dict[str, Any]:
         return json.loads((sim / "manifest.json").read_text())  # type: ignore[no-any-return]
 
-    def save(self, sim: Path, fmt: str, *, keep: bool = True) -> Run:
+    def save(self, sim: Path, fmt: str, *, keep: bool = True,
+             extra_env: dict[str, str] | None = None) -> Run:
         """``dumpsaver save`` as the boot job runs it (a fresh process, --keep so it can rerun)."""
         dest = self.work / f"dest-{sim.name}-{fmt}"
         shutil.rmtree(dest, ignore_errors=True)
@@ -125,13 +142,24 @@ class Bench:
                "--cmdline", "/dev/null", "--format", fmt]
         if keep:
             cmd.append("--keep")
-        env = {**os.environ, "DUMPSAVER_CONFIG": "/dev/null"}
+        env = {**os.environ, "DUMPSAVER_CONFIG": "/dev/null", **(extra_env or {})}
         env.pop("NOTIFY_SOCKET", None)
         r = timed(cmd, out=dest, env=env)
         return r
 
     def repeated(self, fn: Callable[[], Run], n: int | None = None) -> Run:
-        return best([fn() for _ in range(n or self.repeat)])
+        """The median of n runs.  Runs measured while the machine was busy (load average
+        >= BUSY) are retried up to ``retries`` times, after a pause; the n least loaded
+        runs are kept.  Each Run carries its load average."""
+        n = n or self.repeat
+        runs = [fn() for _ in range(n)]
+        for _ in range(self.retries):
+            if sum(r.load >= BUSY for r in runs) <= n // 2:
+                break
+            time.sleep(10)
+            runs.append(fn())
+            runs = sorted(runs, key=lambda r: r.load)[:n]
+        return best(runs)
 
     # -- the figures ----------------------------------------------------------------------
 
@@ -150,12 +178,14 @@ class Bench:
         out.unlink(missing_ok=True)
         kdump = self.repeated(lambda: self.save(sim, "kdump"))
         elf = self.repeated(lambda: self.save(sim, "elf"))
+        elf_one = self.repeated(lambda: self.save(sim, "elf",
+                                                  extra_env={"DUMPSAVER_ELF_PROCESSES": "1"}))
         core = next((self.work / f"dest-{sim.name}-elf").rglob("vmcore"))
         hidden = self.work / "core-novmcoreinfo"
         subprocess.run([PY, str(HERE / "plain.py"), "hide-vmcoreinfo", str(core), str(hidden)],
                        check=True)
         mdf_out = self.work / "mdf.out"
-        mdf = None
+        mdf = mdf_l = None
         if shutil.which("makedumpfile"):
             def run_mdf() -> Run:
                 mdf_out.unlink(missing_ok=True)
@@ -163,6 +193,13 @@ class Bench:
                              out=mdf_out, after=fsync_path(mdf_out))
 
             mdf = self.repeated(run_mdf)
+
+            def run_mdf_l() -> Run:
+                mdf_out.unlink(missing_ok=True)
+                return timed(["makedumpfile", "-l", "-d", "0", str(hidden), str(mdf_out)],
+                             out=mdf_out, after=fsync_path(mdf_out))
+
+            mdf_l = self.repeated(run_mdf_l)
         mdf_out.unlink(missing_ok=True)
         hidden.unlink()
         r: dict[str, Any] = {
@@ -170,7 +207,11 @@ class Bench:
                                           "compressed_bytes")},
             "plain_copy": asdict(copy), "plain_decompress": asdict(plain),
             "save_kdump": asdict(kdump), "save_elf": asdict(elf),
+            "save_elf_one_process": asdict(elf_one),
+            "elf_two_vs_one_process": elf_one.wall / elf.wall,
+            "elf_two_vs_one_process_cpu": elf_one.cpu / elf.cpu,
             "makedumpfile": asdict(mdf) if mdf else None,
+            "makedumpfile_lzo": asdict(mdf_l) if mdf_l else None,
             "save_kdump_memory_MBps": mem_mb / kdump.wall,
             "save_kdump_saved_MBps": saved_mb / kdump.wall,
             "save_elf_memory_MBps": mem_mb / elf.wall,
@@ -179,11 +220,21 @@ class Bench:
             "elf_vs_plain_copy": copy.wall / elf.wall,
             "elf_vs_plain_decompress": plain.wall / elf.wall,
             "elf_vs_plain_decompress_cpu": plain.cpu / elf.cpu,
+            "kdump_vs_plain_copy_cpu": copy.cpu / kdump.cpu,
+            "load": {k: v.load for k, v in (("plain_copy", copy), ("plain_decompress", plain),
+                                            ("save_kdump", kdump), ("save_elf", elf),
+                                            ("save_elf_one_process", elf_one))},
         }
         if mdf:
             r["kdump_speedup_vs_makedumpfile"] = mdf.wall / kdump.wall
             r["kdump_speedup_vs_makedumpfile_cpu"] = mdf.cpu / kdump.cpu
             r["makedumpfile_bytes"] = mdf.out_bytes
+            r["load"]["makedumpfile"] = mdf.load
+        if mdf_l:
+            r["kdump_speedup_vs_makedumpfile_lzo"] = mdf_l.wall / kdump.wall
+            r["kdump_speedup_vs_makedumpfile_lzo_cpu"] = mdf_l.cpu / kdump.cpu
+            r["makedumpfile_lzo_bytes"] = mdf_l.out_bytes
+            r["load"]["makedumpfile_lzo"] = mdf_l.load
         self.results["baselines"] = r
 
     def rss(self, sizes: Sequence[str]) -> None:
@@ -315,6 +366,62 @@ class Bench:
         target.unlink()
         self.results["codecs"] = out
 
+    def panic_side(self, sim: Path) -> None:
+        """Issue 13 goal 5: the kernel module's encoding core (kmod/encode.c built for user
+        space, kmod/user/dsenc) in MB of kernel pages per second per codec, against
+        makedumpfile -c (zlib) and -l (lzo) compressing the same pages (those of ``sim``:
+        its ELF core, VMCOREINFO hidden, at -d 0).  dsenc times its encode calls alone;
+        makedumpfile is timed as a process (CPU time: its reading and writing included)."""
+        sys.path.insert(0, str(REPO))
+        from dumpsaver.codecs import Codec
+        from tests.kmod_encoder import Job, build_dsenc, run_c
+
+        m = self.manifest(sim)
+        out: dict[str, Any] = {"memory": m["memory"], "profile": m["profile"],
+                               "seed": m["seed"], "load_before": loadavg()}
+        exe = build_dsenc(self.work)
+        if exe is not None:
+            for codec in ("zlib", "lz4", "zstd"):
+                job = Job.make(m["memory"], m["profile"], m["seed"], area_size=m["memory"] // 2,
+                               codec=Codec[codec.upper()])
+                kept = len(job.order())
+                mb = kept * job.machine.page_size / 1e6
+                secs, cpus = [], []
+                for _ in range(self.repeat):
+                    c = run_c(exe, job, self.work / "dsenc.mem")
+                    secs.append(float(c["seconds"]))
+                    cpus.append(float(c.get("cpu_seconds", c["seconds"])))
+                (self.work / "dsenc.mem").unlink(missing_ok=True)
+                sec, cpu = statistics.median(secs), statistics.median(cpus)
+                # MBps: per CPU second of the encode calls, as makedumpfile's below (per CPU
+                # second of the process): on a shared machine wall time counts the neighbours.
+                out[f"kmod_{codec}"] = {"pages": kept, "seconds": sec, "cpu_seconds": cpu,
+                                        "MBps": mb / cpu, "MBps_wall": mb / sec,
+                                        "stored_bytes": int(c["stored_bytes"]), "load": loadavg()}
+        if shutil.which("makedumpfile"):
+            self.save(sim, "elf")
+            core = next((self.work / f"dest-{sim.name}-elf").rglob("vmcore"))
+            hidden = self.work / "core-novmcoreinfo"
+            subprocess.run([PY, str(HERE / "plain.py"), "hide-vmcoreinfo", str(core), str(hidden)],
+                           check=True)
+            mb = m["saved_pages"] * m["page_size"] / 1e6
+            mdf_out = self.work / "mdf.out"
+            for flag, name in (("-c", "makedumpfile_zlib"), ("-l", "makedumpfile_lzo")):
+                def go(flag: str = flag) -> Run:
+                    mdf_out.unlink(missing_ok=True)
+                    return timed(["makedumpfile", flag, "-d", "0", str(hidden), str(mdf_out)],
+                                 out=mdf_out)
+                r = self.repeated(go)
+                out[name] = {"pages": m["saved_pages"], "cpu": r.cpu, "wall": r.wall,
+                             "MBps_cpu": mb / r.cpu, "out_bytes": r.out_bytes, "load": r.load}
+            mdf_out.unlink(missing_ok=True)
+            hidden.unlink()
+        for codec, mdf in (("zlib", "makedumpfile_zlib"), ("lz4", "makedumpfile_lzo"),
+                           ("zstd", "makedumpfile_lzo")):
+            if f"kmod_{codec}" in out and mdf in out:
+                out[f"kmod_{codec}_vs_{mdf}"] = out[f"kmod_{codec}"]["MBps"] / out[mdf]["MBps_cpu"]
+        self.results["panic_side"] = out
+
     def parallel_decompress(self, sim: Path) -> None:
         """Would a second core help the ELF path?  Dump.pages() vs the same pages decompressed
         by a pool of 2 threads over chunks of 64 pages, at most 4 chunks in flight (zlib and
@@ -380,23 +487,34 @@ def table(res: dict[str, Any]) -> str:
         mc = b["machine"]
         lines.append(f"machine: {mc['memory'] >> 20} MiB {mc['profile']} ({mc['codec']}), "
                      f"{mc['saved_pages']} pages saved, {mc['compressed_bytes'] / 1e6:.1f} MB")
-        for k in ("plain_copy", "plain_decompress", "save_kdump", "save_elf", "makedumpfile"):
+        for k in ("plain_copy", "plain_decompress", "save_kdump", "save_elf",
+                  "save_elf_one_process", "makedumpfile", "makedumpfile_lzo"):
             if b.get(k):
-                row(f"  {k}: wall / cpu s", f"{b[k]['wall']:.2f} / {b[k]['cpu']:.2f}")
+                row(f"  {k}: wall / cpu s (load)", f"{b[k]['wall']:.2f} / {b[k]['cpu']:.2f}",
+                    f"load {b[k].get('load', 0):.1f}")
         row("save kdump: MB of memory/s (saved-page MB/s)",
             f"{b['save_kdump_memory_MBps']:.0f} ({b['save_kdump_saved_MBps']:.0f})")
         row("save elf: MB of memory/s (saved-page MB/s)",
             f"{b['save_elf_memory_MBps']:.0f} ({b['save_elf_saved_MBps']:.0f})")
-        row("kdump save vs plain read+write of the dump bytes", f"{b['kdump_vs_plain_copy']:.2f}")
+        row("kdump save vs plain read+write of the dump bytes (wall / cpu)",
+            f"{b['kdump_vs_plain_copy']:.2f} / {b.get('kdump_vs_plain_copy_cpu', 0):.2f}",
+            "goal >= 0.5")
         if "kdump_speedup_vs_makedumpfile" in b:
             row("kdump save speed-up vs makedumpfile -c -d 0 (wall)",
-                f"{b['kdump_speedup_vs_makedumpfile']:.2f}x", "goal >= 3x")
+                f"{b['kdump_speedup_vs_makedumpfile']:.2f}x", "goal >= 10x")
             row("kdump save speed-up vs makedumpfile -c -d 0 (cpu)",
                 f"{b['kdump_speedup_vs_makedumpfile_cpu']:.2f}x")
+        if "kdump_speedup_vs_makedumpfile_lzo" in b:
+            row("kdump save speed-up vs makedumpfile -l -d 0 (wall / cpu)",
+                f"{b['kdump_speedup_vs_makedumpfile_lzo']:.2f}x / "
+                f"{b['kdump_speedup_vs_makedumpfile_lzo_cpu']:.2f}x", "goal > 1x")
         row("elf save vs plain read+decompress+write (wall)",
-            f"{b['elf_vs_plain_decompress']:.2f}", "goal >= 0.8")
+            f"{b['elf_vs_plain_decompress']:.2f}", "goal >= 1.5")
         row("elf save vs plain read+decompress+write (cpu)",
             f"{b['elf_vs_plain_decompress_cpu']:.2f}")
+        if "elf_two_vs_one_process" in b:
+            row("elf save, two processes vs one (wall / cpu)",
+                f"{b['elf_two_vs_one_process']:.2f}x / {b['elf_two_vs_one_process_cpu']:.2f}x")
     for k, v in res.get("peak_rss", {}).items():
         row(f"peak RSS, {k} sparse ({v['saved_pages']} pages)", f"{v['maxrss_kb'] / 1024:.1f} MiB")
     s = res.get("slope")
@@ -419,6 +537,17 @@ def table(res: dict[str, Any]) -> str:
     for codec, v in res.get("codecs", {}).items():
         row(f"codec {codec}: encode MB/s, decompress MB/s, ratio",
             f"{v['encode_MBps']:.0f}, {v['decompress_MBps']:.0f}, {v['ratio']:.2f}")
+    ps = res.get("panic_side")
+    if ps:
+        for k, v in ps.items():
+            if k.startswith("kmod_") and isinstance(v, dict):
+                row(f"panic side: kmod encode core, {k[5:]}: MB of pages/s", f"{v['MBps']:.0f}",
+                    f"load {v['load']:.1f}")
+            elif k.startswith("makedumpfile") and isinstance(v, dict):
+                row(f"panic side: {k} (process CPU): MB of pages/s", f"{v['MBps_cpu']:.0f}",
+                    f"load {v['load']:.1f}")
+            elif "_vs_" in k:
+                row(f"  {k}", f"{v:.2f}x")
     p = res.get("parallel_decompress")
     if p:
         row("ELF pages(): 2 decompression threads vs 1 (speed-up)", f"{p['speedup']:.2f}x")
@@ -434,15 +563,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="where to write the results")
     ap.add_argument("--repeat", type=int, help="runs per timing, the median is kept")
     ap.add_argument("--only", help="comma-separated parts: baselines,rss,slope,sizes,startup,"
-                    "codecs,parallel")
+                    "codecs,panic,parallel")
+    ap.add_argument("--retries", type=int, help="extra runs of a timing measured while the "
+                    "load average was >= the number of CPUs (default 2, --quick 0)")
     a = ap.parse_args(argv)
     quick = a.quick
     repeat = a.repeat or (1 if quick else 3)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="dumpsaver-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     only = set(a.only.split(",")) if a.only else None
-    b = Bench(work, repeat)
+    retries = a.retries if a.retries is not None else (0 if quick else 2)
+    b = Bench(work, repeat, retries)
     t0 = time.perf_counter()
+    load_start = loadavg()
     try:
         def part(name: str) -> bool:
             return only is None or name in only
@@ -462,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             b.sizes_per_codec("64M" if quick else "510M")
         if part("codecs"):
             b.codec_throughput((16 if quick else 128) << 20)
+        if part("panic"):
+            b.panic_side(b.simulate("main", "128M" if quick else "1G", "busy", seed=3))
     finally:
         if a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -473,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "machine": platform.machine(), "kernel": platform.release(),
+        "load_start": load_start, "load_end": loadavg(), "busy_load": BUSY,
+        "retries": retries,
     }
     dest = a.json or HERE / ("results-quick.json" if quick else "results.json")
     dest.write_text(json.dumps(b.results, indent=1) + "\n")

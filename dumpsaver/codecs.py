@@ -61,7 +61,7 @@ def available(codec: Codec) -> bool:
 
 
 Compressor = Callable[[bytes], bytes]
-Decompressor = Callable[[bytes], bytes]
+Decompressor = Callable[[bytes | memoryview], bytes]
 
 
 def compressor(codec: Codec, level: int | None = None) -> Compressor:
@@ -85,7 +85,7 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
     """
     if codec is Codec.ZLIB:
 
-        def unzlib(data: bytes) -> bytes:
+        def unzlib(data: bytes | memoryview) -> bytes:
             d = zlib.decompressobj()
             try:
                 out = d.decompress(data, page_size)
@@ -101,7 +101,7 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
         dctx = zstd.ZstdDecompressor()
         frame_size = zstd.frame_content_size
 
-        def unzstd(data: bytes) -> bytes:
+        def unzstd(data: bytes | memoryview) -> bytes:
             try:
                 # The frame header's content size would size the output buffer: check it
                 # first (a cheap header parse).  -1: not recorded, then the output is
@@ -119,7 +119,7 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
         return unzstd
     blk = _lz4()
 
-    def unlz4(data: bytes) -> bytes:
+    def unlz4(data: bytes | memoryview) -> bytes:
         try:
             out = blk.decompress(data, uncompressed_size=page_size)
         except Exception as e:  # lz4 raises LZ4BlockError, a plain Exception subclass
@@ -130,3 +130,38 @@ def decompressor(codec: Codec, page_size: int) -> Decompressor:
 
     return unlz4
 
+
+
+def framing_check(codec: Codec, page_size: int) -> Callable[[bytes | memoryview], bool]:
+    """A cheap check of a stored page's framing, without decompressing it: a zlib stream
+    header (deflate, window at most 32 KiB, no preset dictionary, header checksum), a
+    zstd frame whose header declares one page or no size.  For the kdump writer, which
+    copies zlib and zstd pages unchanged: a reader is then never handed a page its
+    decompressor refuses at once or sizes by a frame's claim (docs/format.md says what
+    this does not prove)."""
+    if codec is Codec.ZLIB:
+
+        def zlib_ok(data: bytes | memoryview) -> bool:
+            return (
+                len(data) > 6
+                and data[0] & 0x8F == 0x08
+                and not data[1] & 0x20
+                and (data[0] << 8 | data[1]) % 31 == 0
+            )
+
+        return zlib_ok
+    if codec is Codec.ZSTD:
+        zstd = _zstd()
+        frame_size = zstd.frame_content_size
+        error = zstd.ZstdError
+
+        def zstd_ok(data: bytes | memoryview) -> bool:
+            if data[:4] != b"\x28\xb5\x2f\xfd":
+                return False
+            try:
+                return frame_size(data) in (page_size, -1)
+            except error:
+                return False
+
+        return zstd_ok
+    return lambda data: True

@@ -3,33 +3,44 @@
 Two passes over the directory, each with bounded memory:
 
 * ``scan()`` checks every entry and the CRC of every stored page and returns
-  the runs of good PFNs (the output writers lay out their files from them);
-* ``pages()`` walks the directory again and yields the decompressed pages of
-  those runs in ascending PFN order.
+  the runs of good PFNs (the ELF writer lays out its segments from them);
+* ``pages()`` / ``stored_raw()`` walk the directory again and yield the pages of
+  those runs in ascending PFN order, checking each CRC again on the bytes handed out;
 
+or one (``walk()``, for the kdump writer, whose layout does not need the runs
+before the pages): each entry and page checked once, the scan filled as it goes.
+
+The directory is checked in bulk, a chunk of entries at a time (format.check_entries);
+stored pages are handed out as views of a small cache of windows of the stream.
 A damaged page is counted and left out; it never stops the rest.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import dataclasses
+import itertools
 import uuid
+import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dumpsaver import format as fmt
 from dumpsaver.codecs import CodecError, decompressor
 from dumpsaver.errors import FormatError, OutsideAreaError
+from dumpsaver.format import RawEntry
 from dumpsaver.physmem import LogicalStream, PhysMem
 
-WINDOW = 1 << 20
+WINDOW_SHIFT = 18  # 256 KiB: as few re-reads as 1 MiB windows on a busy machine, 1/4 the RSS
+WINDOW = 1 << WINDOW_SHIFT
+RAW_BATCH = 1024  # pages per list from Dump.stored_raw
 
 
 class _Windows:
-    """Reads the logical stream in aligned 1 MiB windows, keeping a few (LRU).
+    """Reads the logical stream in aligned 256 KiB windows, keeping a few (LRU).
 
     Stored pages of one class lie in PFN order, so the PFN-ordered walk reads a
     handful of interleaved sequential streams: a small cache serves them.
@@ -38,22 +49,31 @@ class _Windows:
     def __init__(self, stream: LogicalStream, keep: int = 16) -> None:
         self.stream = stream
         self.keep = keep
-        self.cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self.cache: collections.OrderedDict[int, memoryview] = collections.OrderedDict()
+        self.last = -1  # the window read last (no LRU bookkeeping while it is read again)
 
     def read(self, offset: int, length: int) -> bytes:
-        first = offset // WINDOW
-        if (offset + length - 1) // WINDOW != first:
-            return self.stream.read(offset, length)
+        return bytes(self.view(offset, length))
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """``length`` bytes at ``offset``, without copying them out of the cached window."""
+        if offset < 0 or offset + length > self.stream.size:
+            self.stream.read(offset, length)  # raises OutsideAreaError
+        first = offset >> WINDOW_SHIFT
+        if (offset + length - 1) >> WINDOW_SHIFT != first:
+            return memoryview(self.stream.read(offset, length))
         w = self.cache.get(first)
         if w is None:
-            start = first * WINDOW
-            w = self.stream.read(start, min(WINDOW, self.stream.size - start))
+            start = first << WINDOW_SHIFT
+            w = memoryview(self.stream.read(start, min(WINDOW, self.stream.size - start)))
             self.cache[first] = w
             if len(self.cache) > self.keep:
                 self.cache.popitem(last=False)
-        else:
+            self.last = first
+        elif first != self.last:
             self.cache.move_to_end(first)
-        o = offset - first * WINDOW
+            self.last = first
+        o = offset - (first << WINDOW_SHIFT)
         return w[o : o + length]
 
 
@@ -67,6 +87,9 @@ class Scan:
     stored_bytes: int = 0
     damaged: collections.Counter[str] = field(default_factory=collections.Counter)
     damaged_pfns: list[int] = field(default_factory=list)  # first few, for the report
+    #: False while the scan is being filled by a one-pass writer (``Dump.walk``): its
+    #: runs and counts are not known before the pages are written.
+    done: bool = True
 
     @property
     def nr_damaged(self) -> int:
@@ -147,68 +170,104 @@ class Dump:
     def dump_id(self) -> uuid.UUID:
         return self.header.dump_id
 
-    def _entries(self) -> Iterator[tuple[fmt.Entry | None, fmt.EntryProblem | None]]:
-        """Every directory entry, checked, in directory order.
+    def _accepted(self, note: Callable[[str, int | None], None] | None) -> Iterator[list[RawEntry]]:
+        """The directory's accepted entries, checked, ascending, in lists (one or so per
+        chunk of the directory); ``note(reason, pfn)`` hears of every rejected one.
 
         An entry's PFN must be above the last accepted one, and below at least one of
         the next two plausible PFNs: those of the next CRC-valid entries that are above
         the last accepted PFN and below mem_pages (up to three looked at; none left:
         nothing to compare).  So one entry with a wrong PFN, too high or too low, is that
         one damaged page; it never becomes the PFN every later entry is compared with.
+
+        A chunk whose entries all pass every check and ascend from the last accepted PFN
+        is taken in bulk: every entry but the last two is accepted (each has two higher,
+        plausible PFNs after it, so the rule accepts it), and those two wait for the next
+        chunk.  Any other chunk goes entry by entry through the rule.
         """
         h = self.header
-        check = fmt.check_entry
         order = fmt.EntryProblem.ORDER
         prev = -1
         end = h.mem_pages
-        pend: collections.deque[tuple[fmt.Entry | None, fmt.EntryProblem | None]]
+        # Entries waiting for the PFNs after them: (entry or None when its CRC failed,
+        # problem); ``valid`` of them passed their CRC.
+        pend: collections.deque[tuple[RawEntry | None, fmt.EntryProblem | None]]
         pend = collections.deque()
-        valid = 0  # entries in ``pend`` that passed their CRC
+        valid = 0
+        out: list[RawEntry] = []
 
-        def decide(
-            e: fmt.Entry, problem: fmt.EntryProblem | None
-        ) -> tuple[fmt.Entry, fmt.EntryProblem | None]:
+        def decide(e: RawEntry, problem: fmt.EntryProblem | None) -> None:
             nonlocal prev
-            pfn = e.pfn
-            if pfn >= end:
-                return e, problem  # PFN beyond the end of memory
-            if pfn <= prev:
-                return e, order
-            seen, top = 0, -1
-            for x, _p in pend:  # the next two plausible PFNs
-                if x is not None and prev < x.pfn < end:
-                    top = max(top, x.pfn)
-                    seen += 1
-                    if seen == 2:
-                        break
-            if pfn >= top >= 0:
-                return e, order
+            pfn = e[0]
+            if pfn < end:  # (beyond the end of memory: already a problem)
+                if pfn <= prev:
+                    problem = order
+                else:
+                    seen, top = 0, -1
+                    for x, _p in pend:  # the next two plausible PFNs
+                        if x is not None and prev < x[0] < end:
+                            top = max(top, x[0])
+                            seen += 1
+                            if seen == 2:
+                                break
+                    if pfn >= top >= 0:
+                        problem = order
             if problem is None:
                 prev = pfn
-            return e, problem
+                out.append(e)
+            elif note is not None:
+                note(problem.value, pfn)
+
+        def rejected(problem: fmt.EntryProblem | None) -> None:
+            if note is not None and problem is not None:
+                note(problem.value, None)
 
         for chunk in fmt.iter_entries_raw(h, self.stream.read):
-            for off in range(0, len(chunk), fmt.ENTRY.size):
-                item = check(chunk, off, h, -1)
-                if item[0] is None and not pend:
-                    yield item
+            ents, problems = fmt.check_entries(chunk, h)
+            if problems is None and all(p is None and e is not None for e, p in pend):
+                seq = [e for e, _p in pend if e is not None]
+                seq += ents
+                if seq[0][0] > prev and all(a[0] < b[0] for a, b in itertools.pairwise(seq)):
+                    keep = max(0, len(seq) - 2)
+                    if keep:
+                        out.extend(seq[:keep])
+                        prev = seq[keep - 1][0]
+                    pend = collections.deque((e, None) for e in seq[keep:])
+                    valid = len(pend)
+                    if out:
+                        yield out
+                        out = []
                     continue
-                pend.append(item)
-                if item[0] is None:
+            for i, e in enumerate(ents):
+                problem = problems[i] if problems is not None else None
+                if problem is fmt.EntryProblem.ENTRY_CRC:
+                    if not pend:
+                        rejected(problem)
+                    else:
+                        pend.append((None, problem))
                     continue
+                pend.append((e, problem))
                 valid += 1
                 while valid > 3:
-                    e, problem = pend.popleft()
-                    if e is None:
-                        yield e, problem
+                    x, p = pend.popleft()
+                    if x is None:
+                        rejected(p)
                         continue
                     valid -= 1
-                    yield decide(e, problem)
+                    decide(x, p)
                     while pend and pend[0][0] is None:
-                        yield pend.popleft()
+                        rejected(pend.popleft()[1])
+            if out:
+                yield out
+                out = []
         while pend:
-            e, problem = pend.popleft()
-            yield (e, problem) if e is None else decide(e, problem)
+            x, p = pend.popleft()
+            if x is None:
+                rejected(p)
+            else:
+                decide(x, p)
+        if out:
+            yield out
 
     def read_page(self, pfn: int) -> bytes | None:
         """The saved page ``pfn`` (zeros for a zero page), or None when the dump does not
@@ -248,52 +307,157 @@ class Dump:
         return data if fmt.page_crc(data) == e.crc else None
 
     def scan(self) -> Scan:
+        """Pass one: check every entry and every stored page's CRC; the runs of good PFNs."""
         s = Scan()
-        for e, problem in self._entries():
-            pfn = e.pfn if e is not None else None
-            if problem is not None:
-                s.note_damage(problem.value, pfn)
-                continue
-            assert e is not None
-            if e.zero:
-                s.zero += 1
-                s.add(e.pfn)
-                continue
-            if self._stored(e) is None:
-                s.note_damage("page checksum mismatch", e.pfn)
-                continue
-            s.stored_bytes += e.length
-            s.add(e.pfn)
+        note = s.note_damage
+        view = self._win.view
+        crc32 = zlib.crc32
+        zero_flag = fmt.EntryFlag.ZERO.value
+        runs = s.runs
+        last = -2  # the PFN after the last run's end
+        good = zero = stored = 0
+        for acc in self._accepted(note):
+            for pfn, off, length, crc, flags, _ecrc in acc:
+                if not flags & zero_flag:
+                    try:
+                        ok = crc32(view(off, length)) == crc
+                    except OutsideAreaError:
+                        ok = False
+                    if not ok:
+                        note("page checksum mismatch", pfn)
+                        continue
+                    stored += length
+                else:
+                    zero += 1
+                if pfn == last:
+                    runs[-1] += 1
+                else:
+                    runs.append(pfn)
+                    runs.append(1)
+                last = pfn + 1
+                good += 1
+        s.good, s.zero, s.stored_bytes = good, zero, stored
         return s
 
+    def walk(self, scan: Scan) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
+        """Pass one and pass two in one: every checked page, ascending, in lists, filling
+        ``scan`` (runs, counts, damage) as it goes; for a writer whose layout does not
+        depend on which pages are good before it writes them (kdump's).  Each page's CRC
+        is checked on the very bytes yielded (views into the read cache, empty for a zero
+        page); a page that fails it is damaged and left out, as in ``scan``."""
+        note = scan.note_damage
+        view = self._win.view
+        crc32 = zlib.crc32
+        zero_flag = fmt.EntryFlag.ZERO.value
+        runs = scan.runs
+        last = runs[-2] + runs[-1] if runs else -2
+        empty = memoryview(b"")
+        for acc in self._accepted(note):
+            batch: list[tuple[RawEntry, memoryview | None]] = []
+            for e in acc:
+                pfn, flags = e[0], e[4]
+                if flags & zero_flag:
+                    data = empty
+                    scan.zero += 1
+                else:
+                    try:
+                        data = view(e[1], e[2])
+                        ok = crc32(data) == e[3]
+                    except OutsideAreaError:
+                        ok = False
+                    if not ok:
+                        note("page checksum mismatch", pfn)
+                        continue
+                    scan.stored_bytes += e[2]
+                if pfn == last:
+                    runs[-1] += 1
+                else:
+                    runs.append(pfn)
+                    runs.append(1)
+                last = pfn + 1
+                scan.good += 1
+                batch.append((e, data))
+                if len(batch) >= RAW_BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        scan.done = True
+
+    def stored_raw(
+        self, scan: Scan, lo: int = 0, hi: int | None = None
+    ) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
+        """Pass two: (entry, stored bytes) for every PFN in ``scan.runs``, ascending, in
+        lists.  The bytes are a view into the read cache (valid while it is held), empty
+        for a zero page, and None when a page that passed pass one fails its CRC now
+        (memory changed under us: counted as damaged).  Writers that copy compressed pages
+        unchanged use this directly: they copy the very bytes that were checked.
+        Only PFNs in [lo, hi) when given (a writer's share of the pages)."""
+        runs = scan.runs
+        nruns = len(runs)
+        ri = 0
+        if not nruns:
+            return
+        first_pfn = lo
+        stop_pfn = (1 << 64) if hi is None else hi
+        lo, hi = runs[0], runs[0] + runs[1]
+        view = self._win.view
+        crc32 = zlib.crc32
+        zero_flag = fmt.EntryFlag.ZERO.value
+        empty = memoryview(b"")
+        for acc in self._accepted(None):
+            batch: list[tuple[RawEntry, memoryview | None]] = []
+            if acc[-1][0] < first_pfn:
+                continue
+            if acc[0][0] < first_pfn:
+                acc = acc[bisect.bisect_left(acc, first_pfn, key=lambda e: e[0]) :]
+            for e in acc:
+                pfn = e[0]
+                if pfn >= stop_pfn:
+                    ri = nruns
+                    break
+                if pfn >= hi:
+                    while pfn >= hi:
+                        ri += 2
+                        if ri >= nruns:
+                            break
+                        lo, hi = runs[ri], runs[ri] + runs[ri + 1]
+                    if ri >= nruns:
+                        break
+                if pfn < lo:
+                    continue
+                if e[4] & zero_flag:
+                    batch.append((e, empty))
+                    continue
+                try:
+                    data: memoryview | None = view(e[1], e[2])
+                except OutsideAreaError:
+                    data = None
+                if data is not None and crc32(data) != e[3]:
+                    data = None
+                if data is None:
+                    scan.note_damage("page changed between passes", pfn)
+                batch.append((e, data))
+                if len(batch) >= RAW_BATCH:  # views keep their windows: hold few at once
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            if ri >= nruns:
+                return
+
     def stored_pages(self, scan: Scan) -> Iterator[tuple[fmt.Entry, bytes | None]]:
-        """Yield (entry, stored bytes) for every PFN in ``scan.runs``, ascending.
+        """Yield (entry, stored bytes) for every PFN in ``scan.runs``, ascending: b"" for a
+        zero page, None for a page that failed its CRC in pass two (``stored_raw``)."""
+        for batch in self.stored_raw(scan):
+            for e, data in batch:
+                yield fmt.Entry(*e[:5]), (bytes(data) if data is not None else None)
 
-        The bytes are b"" for a zero page, and None when a page that passed pass
-        one fails its checksum now (memory changed under us): counted as damaged.
-        Writers that copy compressed pages unchanged use this directly.
-        """
-        want = scan.iter_runs()
-        run = next(want, None)
-        for e, problem in self._entries():
-            if run is None:
-                break
-            if e is None or problem is not None:
-                continue
-            while run is not None and e.pfn >= run[0] + run[1]:
-                run = next(want, None)
-            if run is None or e.pfn < run[0]:
-                continue
-            if e.zero:
-                yield e, b""
-                continue
-            data = self._stored(e)
-            if data is None:
-                scan.note_damage("page changed between passes", e.pfn)
-            yield e, data
-
-    def pages(self, scan: Scan) -> Iterator[tuple[int, bytes | None]]:
-        """Yield (pfn, page) for every PFN in ``scan.runs``; page is None for a zero page.
+    def pages(
+        self, scan: Scan, lo: int = 0, hi: int | None = None
+    ) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (pfn, page) for every PFN in ``scan.runs`` (in [lo, hi) when given); page
+        is None for a zero page.
 
         A page that cannot be decompressed (or changed since pass one) is yielded
         as zeros and counted in ``scan``: the layout was fixed by pass one.
@@ -301,16 +465,19 @@ class Dump:
         h = self.header
         decompress = decompressor(h.codec, h.page_size)
         zero = bytes(h.page_size)
-        for e, data in self.stored_pages(scan):
-            if data is None:
-                yield e.pfn, zero
-            elif e.zero:
-                yield e.pfn, None
-            elif e.raw:
-                yield e.pfn, data
-            else:
-                try:
-                    yield e.pfn, decompress(data)
-                except CodecError:
-                    scan.note_damage("page does not decompress", e.pfn)
-                    yield e.pfn, zero
+        zero_flag, raw_flag = fmt.EntryFlag.ZERO.value, fmt.EntryFlag.RAW.value
+        for batch in self.stored_raw(scan, lo, hi):
+            for e, data in batch:
+                flags = e[4]
+                if data is None:
+                    yield e[0], zero
+                elif flags & zero_flag:
+                    yield e[0], None
+                elif flags & raw_flag:
+                    yield e[0], bytes(data)
+                else:
+                    try:
+                        yield e[0], decompress(data)
+                    except CodecError:
+                        scan.note_damage("page does not decompress", e[0])
+                        yield e[0], zero

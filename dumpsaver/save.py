@@ -293,7 +293,7 @@ def _save_locked(
             except OSError as e:
                 raise _space_error(e, dest, 0) from None
     checkpoint("scan")
-    scan = dump.scan()
+    scan = writer.prepare(dump)
     need = writer.estimate(dump, scan) + len(dump.meta.dmesg) + 65536
     st = os.statvfs(dest_fd)
     avail = st.f_bavail * st.f_frsize

@@ -37,6 +37,11 @@ class Writer(Protocol):
     name: str
     filename: str
 
+    def prepare(self, dump: Dump) -> Scan:
+        """Pass one as this format needs it (a Scan still to be filled by ``write`` when
+        the format needs no layout before the pages: ``Scan.done`` False)."""
+        ...
+
     def estimate(self, dump: Dump, scan: Scan) -> int: ...
 
     def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written: ...

@@ -11,7 +11,11 @@ as file holes: the file is sparse.
 
 from __future__ import annotations
 
+import collections
+import json
 import os
+import signal
+from typing import Any
 
 from dumpsaver import elfnote as E
 from dumpsaver import faults
@@ -99,6 +103,10 @@ class ElfWriter:
     name = "elf"
     filename = "vmcore"
 
+    def prepare(self, dump: Dump) -> Scan:
+        """Pass one: the segments are the runs of good pages."""
+        return dump.scan()
+
     def estimate(self, dump: Dump, scan: Scan) -> int:
         _phnum, data_off, _notes = _layout(dump, scan)
         return data_off + (scan.good - scan.zero) * dump.header.page_size
@@ -147,45 +155,151 @@ class ElfWriter:
         pwrite_all(fd, bytes(phdrs) + notes + shdr0, phdrs_at)
 
         # Pass two: pages arrive in ascending PFN order, so file writes are sequential.
-        buf = bytearray()
-        buf_at = data_off
-        runs = scan.iter_runs()
-        run_first, run_count = next(runs, (0, 0))
-        base = data_off  # file offset of the current run (segments follow each other)
-        done = 0
-        total_pages = scan.good
-        # Fault injection for the interruption tests (dumpsaver.faults); off: no cost.
+        # On two or more CPUs, a forked child writes the upper half of the pages while
+        # this process writes the lower half: every page's file offset is fixed by pass
+        # one, so no page crosses between them, only the child's damage counts.
+        # Fault injection for the interruption tests (dumpsaver.faults) counts the pages
+        # of one process: then there is one.
         kill_in_loop = faults.armed("write-page")
-        for pfn, page in dump.pages(scan):
-            if kill_in_loop:
-                faults.checkpoint("write-page")
-            while pfn >= run_first + run_count:
-                base += run_count * ps
-                run_first, run_count = next(runs)
-            at = base + (pfn - run_first) * ps
-            if page is None:  # zero page: leave a hole
-                if buf:
-                    pwrite_all(fd, buf, buf_at)
-                    buf = bytearray()
-                buf_at = at + ps
-            else:
-                if at != buf_at + len(buf):
-                    if buf:
-                        pwrite_all(fd, buf, buf_at)
-                        buf = bytearray()
-                    buf_at = at
-                buf += page
-                if len(buf) >= FLUSH:
-                    pwrite_all(fd, buf, buf_at)
-                    buf_at += len(buf)
-                    buf = bytearray()
-            done += 1
-            if progress is not None and done % 4096 == 0:
-                progress(done, total_pages)
-        if buf:
-            pwrite_all(fd, buf, buf_at)
+        split = _split_pfn(scan) if not kill_in_loop and _parallel(scan) else None
+        if split is None:
+            done = _write_pages(fd, dump, scan, data_off, 0, None, progress, kill_in_loop)
+        else:
+            done = _write_split(fd, dump, scan, data_off, split, progress)
         if not flags and scan.nr_damaged:  # pages that failed only in pass two
             pwrite_all(fd, EF_INCOMPLETE.to_bytes(4, "little"), E_FLAGS_OFFSET)
         if progress is not None:
-            progress(done, total_pages)
+            progress(done, scan.good)
         return Written(total, done)
+
+
+#: Fewer stored bytes than this are decompressed by one process (a fork costs a few
+#: milliseconds; 8 MiB is about 5000 pages of a busy machine, 0.1 s of inflate).
+PARALLEL_MIN_BYTES = 8 << 20
+
+
+#: ``DUMPSAVER_ELF_PROCESSES=1`` writes with one process whatever the CPUs (the
+#: benchmark's side-by-side figure of the two; benchmarks/run.py).
+PROCESSES_ENV = "DUMPSAVER_ELF_PROCESSES"
+
+
+def _parallel(scan: Scan) -> bool:
+    if os.environ.get(PROCESSES_ENV) == "1":
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus >= 2 and scan.stored_bytes >= PARALLEL_MIN_BYTES
+
+
+def _split_pfn(scan: Scan) -> int | None:
+    """The PFN below which half of the scan's pages lie."""
+    half = scan.good // 2
+    seen = 0
+    for first, count in scan.iter_runs():
+        if seen + count > half:
+            return first + (half - seen)
+        seen += count
+    return None
+
+
+def _write_pages(
+    fd: int, dump: Dump, scan: Scan, data_off: int, lo: int, hi: int | None,
+    progress: Progress | None, kill_in_loop: bool = False, share: float = 1.0,
+) -> int:
+    """Decompress and write the pages of PFNs [lo, hi) into their places; return how many."""
+    ps = dump.header.page_size
+    buf = bytearray()
+    buf_at = data_off
+    runs = scan.iter_runs()
+    run_first, run_count = next(runs, (0, 0))
+    base = data_off  # file offset of the current run (segments follow each other)
+    done = 0
+    total_pages = scan.good
+    pages = dump.pages(scan) if lo == 0 and hi is None else dump.pages(scan, lo, hi)
+    for pfn, page in pages:
+        if kill_in_loop:
+            faults.checkpoint("write-page")
+        while pfn >= run_first + run_count:
+            base += run_count * ps
+            run_first, run_count = next(runs)
+        at = base + (pfn - run_first) * ps
+        if page is None:  # zero page: leave a hole
+            if buf:
+                pwrite_all(fd, buf, buf_at)
+                buf = bytearray()
+            buf_at = at + ps
+        else:
+            if at != buf_at + len(buf):
+                if buf:
+                    pwrite_all(fd, buf, buf_at)
+                    buf = bytearray()
+                buf_at = at
+            buf += page
+            if len(buf) >= FLUSH:
+                pwrite_all(fd, buf, buf_at)
+                buf_at += len(buf)
+                buf = bytearray()
+        done += 1
+        if progress is not None and done % 4096 == 0:
+            progress(min(total_pages, int(done / share)), total_pages)
+    if buf:
+        pwrite_all(fd, buf, buf_at)
+    return done
+
+
+def _write_split(
+    fd: int, dump: Dump, scan: Scan, data_off: int, split: int, progress: Progress | None
+) -> int:
+    """_write_pages on two CPUs: a forked child takes the PFNs from ``split`` up, this
+    process those below; the child reports its page count and damage over a pipe."""
+    before = collections.Counter(scan.damaged)
+    noted = len(scan.damaged_pfns)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's cleanup
+        code = 1
+        try:
+            os.close(r)
+            n = _write_pages(fd, dump, scan, data_off, split, None, None)
+            msg: dict[str, Any] = {"done": n, "damaged": dict(scan.damaged - before),
+                   "pfns": scan.damaged_pfns[noted:]}
+            code = 0
+        except BaseException as e:  # reported to the parent, which raises it
+            msg = {"error": f"{type(e).__name__}: {e}"}
+        try:
+            data = json.dumps(msg).encode()
+            while data:
+                data = data[os.write(w, data) :]
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        done = _write_pages(fd, dump, scan, data_off, 0, split, progress, share=0.5)
+    except BaseException:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _pid, status = os.waitpid(pid, 0)
+    try:
+        msg = json.loads(b"".join(chunks))
+    except ValueError:
+        msg = {}
+    assert isinstance(msg, dict)
+    if os.waitstatus_to_exitcode(status) != 0 or "done" not in msg:
+        why = msg.get("error") or f"exit status {os.waitstatus_to_exitcode(status)}"
+        raise RuntimeError(f"the process writing the upper half of the pages failed: {why}")
+    scan.damaged.update(msg["damaged"])
+    for pfn in msg["pfns"]:
+        if len(scan.damaged_pfns) < 64:
+            scan.damaged_pfns.append(pfn)
+    return done + int(msg["done"])

@@ -36,14 +36,13 @@ import enum
 import os
 import struct
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 from dumpsaver import elfnote as E
 from dumpsaver import faults
 from dumpsaver import format as fmt
-from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor
-from dumpsaver.decode import Dump, Scan
+from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor, framing_check
+from dumpsaver.decode import WINDOW_SHIFT, Dump, Scan
 from dumpsaver.writers import Progress, Written, pwrite_all
 
 SIGNATURE = b"KDUMP   "
@@ -99,6 +98,7 @@ PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
 #: ``makedumpfile -d N`` without -c does: on the machines measured, zlib at level 1
 #: costs several times more CPU than writing the bigger file takes (docs/performance.md).
 
+IOV_MAX = 1024  # pieces per pwritev (Linux's UIO_MAXIOV)
 DESC_BATCH = 8192  # page_desc entries per write (192 KiB)
 DATA_FLUSH = 4 << 20
 BITMAP_CHUNK = 1 << 20
@@ -119,6 +119,23 @@ class FileSink:
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         pwrite_all(self.fd, data, offset)
+
+    def write_vec_at(self, offset: int, pieces: list[bytes | memoryview]) -> None:
+        """pwritev the pieces one after the other from ``offset`` (no joining copy)."""
+        for i in range(0, len(pieces), IOV_MAX):
+            part = pieces[i : i + IOV_MAX]
+            want = sum(len(x) for x in part)
+            n = os.pwritev(self.fd, part, offset)
+            if n < want:  # a short write (rare on a file): the rest one piece at a time
+                pwrite_all(self.fd, memoryview(b"".join(part))[n:], offset + n)
+            offset += want
+
+
+def pwritev_at(sink: Sink, offset: int, pieces: list[bytes | memoryview]) -> None:
+    if isinstance(sink, FileSink):
+        sink.write_vec_at(offset, pieces)
+    else:
+        sink.write_at(offset, b"".join(pieces))
 
 
 # -- layout -------------------------------------------------------------------------
@@ -143,12 +160,16 @@ class Layout:
         self.bitmap_off = (1 + self.sub_hdr_blocks) * bs
         self.bitmap_blocks = 2 * self.bitmap_bytes // bs
         self.desc_off = self.bitmap_off + 2 * self.bitmap_bytes
-        self.nr_desc = scan.good
+        # One pass (scan not done yet): room for a descriptor per directory entry, the
+        # most there can be; the ones of damaged pages stay unused (a hole).
+        self.nr_desc = scan.good if scan.done else h.nr_entries
         self.data_off = self.desc_off + self.nr_desc * PAGE_DESC.size
         self.zero_off = self.data_off  # the shared zero page comes first
         self.pages_off = self.data_off + bs
         recompress = h.codec not in PASSTHROUGH
         stored = (scan.good - scan.zero) * bs if recompress else scan.stored_bytes
+        if not scan.done:  # one pass (zlib, zstd): the stored pages, as the data section
+            stored = h.data_bytes
         self.max_size = self.pages_off + stored  # pass two can only shrink it
 
 
@@ -284,61 +305,6 @@ def _write_ram_bitmap(sink: Sink, offset: int, mem_pages: int, nbytes: int) -> N
 # -- the pages ----------------------------------------------------------------------
 
 
-CHECK_BATCH = 2048  # pages per batch handed to the checking threads
-
-
-def _checked(
-    pairs: Iterator[tuple[fmt.Entry, bytes | None]], codec: Codec, page_size: int, raw_flag: int
-) -> Iterator[tuple[fmt.Entry, bytes | None, bool]]:
-    """``pairs`` with a third item: the stored page decompresses to exactly one page.
-
-    The copy needs no decompression, only this check, so it runs beside the copy:
-    batches of pages go to a few threads (zlib and zstd release the GIL while they
-    decompress) while the caller writes the previous batch.  Output: dropped."""
-    workers = max(1, min(4, (os.cpu_count() or 1)))
-
-    def check(part: list[tuple[fmt.Entry, bytes | None]]) -> list[bool]:
-        decompress = decompressor(codec, page_size)  # one per thread: zstd's is not shared
-        out = []
-        for e, stored in part:
-            ok = True
-            if stored and not e.flags & raw_flag:
-                try:
-                    decompress(stored)
-                except CodecError:
-                    ok = False
-            out.append(ok)
-        return out
-
-    def submit(pool: ThreadPoolExecutor, batch: list[tuple[fmt.Entry, bytes | None]]) -> Any:
-        step = -(-len(batch) // workers)
-        return [pool.submit(check, batch[i : i + step]) for i in range(0, len(batch), step)]
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="dumpsaver-check") as pool:
-        prev: tuple[list[tuple[fmt.Entry, bytes | None]], Any] | None = None
-        batch: list[tuple[fmt.Entry, bytes | None]] = []
-        for item in pairs:
-            batch.append(item)
-            if len(batch) >= CHECK_BATCH:
-                cur = (batch, submit(pool, batch))
-                batch = []
-                if prev is not None:
-                    yield from _zip_checked(*prev)
-                prev = cur
-        if prev is not None:
-            yield from _zip_checked(*prev)
-        if batch:
-            yield from _zip_checked(batch, submit(pool, batch))
-
-
-def _zip_checked(
-    batch: list[tuple[fmt.Entry, bytes | None]], futures: Any
-) -> Iterator[tuple[fmt.Entry, bytes | None, bool]]:
-    oks = [ok for f in futures for ok in f.result()]
-    for (e, stored), ok in zip(batch, oks, strict=True):
-        yield e, stored, ok
-
-
 def write_kdump(
     sink: Sink, dump: Dump, scan: Scan, progress: Progress | None
 ) -> tuple[Written, int]:
@@ -350,12 +316,17 @@ def write_kdump(
     decompress: Decompressor | None = None
     if h.codec not in PASSTHROUGH:
         decompress = decompressor(h.codec, bs)
-    incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
+    # One pass (a scan not done yet, from KdumpWriter.prepare): pages are checked as they
+    # are copied and the bitmaps follow them; else pass one fixed the layout.
+    one_pass = not scan.done
+    if one_pass and decompress is not None:
+        raise ValueError("one-pass kdump writing copies zlib and zstd pages only")
 
-    # Bitmaps first: fixed by pass one.
+    # Bitmaps first when fixed by pass one.
     _write_ram_bitmap(sink, lay.bitmap_off, h.mem_pages, lay.bitmap_bytes)
-    for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
-        sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
+    if not one_pass:
+        for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
+            sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
 
     zero_desc = PAGE_DESC.pack(lay.zero_off, bs, 0, 0)
     pack = PAGE_DESC.pack
@@ -364,11 +335,11 @@ def write_kdump(
     # (the shared zero page first).  Buffered as lists of pieces, joined at each flush.
     descs: list[bytes] = []
     desc_at = lay.desc_off
-    chunks: list[bytes] = [bytes(bs)]
+    chunks: list[bytes | memoryview] = [bytes(bs)]
     chunk_bytes = bs
     data_at = lay.data_off
     done = 0
-    total = scan.good
+    total = scan.good if not one_pass else h.nr_entries
     lost = 0  # pages the layout promised but pass two could not deliver
 
     runs = scan.iter_runs()
@@ -390,51 +361,78 @@ def write_kdump(
 
     # Fault injection for the interruption tests (dumpsaver.faults); off: no cost.
     kill_in_loop = faults.armed("write-page")
-    pages: Iterator[tuple[fmt.Entry, bytes | None, bool]]
-    if decompress is None:  # pages copied unchanged: checked in worker threads
-        pages = _checked(dump.stored_pages(scan), h.codec, bs, raw_flag)
-    else:  # decompressed below anyway
-        pages = ((e, stored, True) for e, stored in dump.stored_pages(scan))
-    for e, stored, decodes in pages:
-        if kill_in_loop:
-            faults.checkpoint("write-page")
-        if e.pfn != want:
-            skip_to(e.pfn)
-        flags = e.flags
-        if stored is None:  # counted by stored_pages
-            descs.append(zero_desc)
-            lost += 1
-        elif flags & zero_flag:
-            descs.append(zero_desc)
-        elif not decodes:
-            # A page copied unchanged must be one a reader can decompress: checked
-            # here (decompressed and dropped), or the file would claim a page it lacks.
-            scan.note_damage("page does not decompress", e.pfn)
-            descs.append(zero_desc)
-            lost += 1
-        elif decompress is None or flags & raw_flag:
-            n = len(stored)
-            descs.append(pack(data_at + chunk_bytes, n, 0 if flags & raw_flag else copy_flag, 0))
-            chunks.append(stored)
-            chunk_bytes += n
-        else:
-            try:
-                page = decompress(stored)
-            except CodecError:
-                scan.note_damage("page does not decompress", e.pfn)
+    # A page copied unchanged must be one a reader can decompress.  Its CRC (checked on
+    # the very bytes copied, by stored_raw) proves they are what the panic side's
+    # compressor wrote; its framing is checked here (codecs.framing_check).
+    framing_ok = framing_check(h.codec, bs)
+    # Page data goes out with pwritev: views of the read cache, pages that lie back to
+    # back in one cached window as one piece (seg_*: the piece being extended, as
+    # logical offsets into the window object seg_obj that starts at seg_base).
+    seg_obj: object = None  # (its identity: is a page in the same window?)
+    seg_base = seg_start = seg_end = 0
+
+    def end_piece() -> None:
+        nonlocal seg_obj
+        if seg_obj is not None:
+            piece = memoryview(cast(bytes, seg_obj))[seg_start - seg_base : seg_end - seg_base]
+            chunks.append(piece)
+            seg_obj = None
+
+    batches: Iterator[list[tuple[fmt.RawEntry, memoryview | None]]]
+    batches = dump.walk(scan) if one_pass else dump.stored_raw(scan)
+    for batch in batches:
+        for e, stored in batch:
+            if kill_in_loop:
+                faults.checkpoint("write-page")
+            pfn, flags = e[0], e[4]
+            if pfn != want and not one_pass:
+                skip_to(pfn)
+            if stored is None:  # counted by stored_raw
                 descs.append(zero_desc)
                 lost += 1
+            elif flags & zero_flag:
+                descs.append(zero_desc)
+            elif decompress is None or flags & raw_flag:
+                if not (flags & raw_flag or framing_ok(stored)):
+                    scan.note_damage("page does not decompress", pfn)
+                    descs.append(zero_desc)
+                    lost += 1
+                else:
+                    n = len(stored)
+                    descs.append(pack(data_at + chunk_bytes, n,
+                                      0 if flags & raw_flag else copy_flag, 0))
+                    chunk_bytes += n
+                    off, obj = e[1], stored.obj
+                    if obj is seg_obj and off == seg_end:
+                        seg_end += n  # the same window, right after: one piece
+                    else:
+                        end_piece()
+                        if off >> WINDOW_SHIFT == (off + n - 1) >> WINDOW_SHIFT:
+                            seg_obj, seg_start, seg_end = obj, off, off + n
+                            seg_base = off >> WINDOW_SHIFT << WINDOW_SHIFT
+                        else:  # read on its own, across two windows
+                            chunks.append(stored)
             else:
-                descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
-                chunks.append(page)
-                chunk_bytes += bs
-        want += 1
-        if want == end:
-            first, count = next(runs, (-1, 0))
-            want, end = first, first + count
-        done += 1
+                try:
+                    page = decompress(stored)
+                except CodecError:
+                    scan.note_damage("page does not decompress", pfn)
+                    descs.append(zero_desc)
+                    lost += 1
+                else:
+                    end_piece()
+                    descs.append(pack(data_at + chunk_bytes, bs, 0, 0))
+                    chunks.append(page)
+                    chunk_bytes += bs
+            if not one_pass:
+                want += 1
+                if want == end:
+                    first, count = next(runs, (-1, 0))
+                    want, end = first, first + count
+            done += 1
+        end_piece()
         if chunk_bytes >= DATA_FLUSH:
-            sink.write_at(data_at, b"".join(chunks))
+            pwritev_at(sink, data_at, chunks)
             data_at += chunk_bytes
             chunks, chunk_bytes = [], 0
         if len(descs) >= DESC_BATCH:
@@ -443,14 +441,19 @@ def write_kdump(
             descs = []
             if progress is not None:
                 progress(done, total)
-    skip_to(-1)  # the directory ended early since pass one
+    if one_pass:
+        for at, piece in dumped_bitmap(scan, lay.bitmap_bytes):
+            sink.write_at(lay.bitmap_off + lay.bitmap_bytes + at, piece)
+    else:
+        skip_to(-1)  # the directory ended early since pass one
     if descs:
         sink.write_at(desc_at, b"".join(descs))
         desc_at += len(descs) * PAGE_DESC.size
     if chunks:
-        sink.write_at(data_at, b"".join(chunks))
+        pwritev_at(sink, data_at, chunks)
         data_at += chunk_bytes
-    assert desc_at == lay.data_off, (desc_at, lay.data_off)
+    assert desc_at == lay.data_off or (one_pass and desc_at < lay.data_off), (desc_at, lay)
+    incomplete = h.truncated or scan.nr_damaged > 0 or not (dump.meta_ok and dump.header_ok)
 
     status = copy_flag
     if incomplete or lost:
@@ -468,6 +471,13 @@ class KdumpWriter:
 
     name = "kdump"
     filename = "vmcore"
+
+    def prepare(self, dump: Dump) -> Scan:
+        """zlib and zstd: nothing before the pages, one pass does it all (write_kdump);
+        lz4 pages are inflated, and pass one comes first."""
+        if dump.header.codec in PASSTHROUGH:
+            return Scan(done=False)
+        return dump.scan()
 
     def estimate(self, dump: Dump, scan: Scan) -> int:
         return Layout(dump, scan).max_size
