@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dumpsaver import early
 from dumpsaver.errors import DumpsaverError
-from dumpsaver.physmem import MAX_PHYS, Range, merge_ranges
-from dumpsaver.sizes import parse_size
+from dumpsaver.physmem import Range, merge_ranges
 
 MAX_SYSFS_RANGES = 65536
 
@@ -107,43 +106,14 @@ def from_sysfs(root: Path) -> Candidate | None:
     )
 
 
-_MEMMAP = re.compile(r"^(?P<size>[0-9a-fx]+[kmg]?)\$(?P<addr>[0-9a-fx]+[kmg]?)$", re.I)
-
-
 def parse_memmap(cmdline: str) -> list[Range]:
     """The ``memmap=SIZE$ADDR`` (reserve) entries of a kernel command line."""
-    out = []
-    for word in cmdline.split():
-        if not word.startswith("memmap="):
-            continue
-        for item in word[len("memmap=") :].split(","):
-            m = _MEMMAP.match(item)
-            if not m:
-                continue  # other memmap forms (@, #, !, exactmap) are not reservations
-            try:
-                size, addr = parse_size(m["size"]), parse_size(m["addr"], allow_zero=True)
-            except DumpsaverError:
-                continue
-            if size > 0 and addr + size <= MAX_PHYS:  # the kernel ignores one beyond it too
-                out.append(Range(addr, addr + size))
-    return out
+    return [Range(a, b) for kind, a, b in early.memmap_items(cmdline) if kind == "$"]
 
 
 def parse_iomem(text: str) -> list[tuple[Range, str]]:
     """Top-level and nested /proc/iomem entries as (range, name)."""
-    out = []
-    for line in text.splitlines():
-        span, sep, name = line.strip().partition(" : ")
-        a, dash, b = span.partition("-")
-        if not sep or not dash:
-            continue
-        try:
-            start, last = int(a, 16), int(b, 16)
-        except ValueError:
-            continue
-        if start <= last < MAX_PHYS:
-            out.append((Range(start, last + 1), name.strip()))
-    return out
+    return [(Range(a, b), name) for a, b, name in early.iomem_items(text)]
 
 
 def ram_end(iomem: Path) -> int | None:
