@@ -140,7 +140,7 @@ def main() -> int:
     rows = {}
     print(f"{a.python}, {a.rounds} interleaved rounds, load average {la0[0]:.2f} before, "
           f"{la1[0]:.2f} after (2 cores)")
-    print(f"{"contender":44} {'median ms':>9} {'range ms':>13} {'x python -c pass':>17}")
+    print(f"{'contender':44} {'median ms':>9} {'range ms':>13} {'x python -c pass':>17}")
     for n, ts in times.items():
         med = statistics.median(ts)
         q = sorted(ts)
