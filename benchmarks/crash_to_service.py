@@ -223,13 +223,13 @@ def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, 
     return f
 
 
-def scenario(guest: image.GuestImage, work: Path, kind: str, n: int,
-             timeout: float) -> dict[str, Any]:  # fmt: skip
+def scenario(guest: image.GuestImage, work: Path, kind: str, n: int, timeout: float,
+             extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     wd = work / f"{kind}-{n}"
     wd.mkdir(parents=True, exist_ok=True)
     disk = wd / "disk.img"
     crash = "no" if kind == "none" else "yes"
-    files = {"/e2e/scenario.sh": SCENARIO.replace("@CRASH@", crash)}
+    files = {"/e2e/scenario.sh": SCENARIO.replace("@CRASH@", crash), **extra}
     img = image.scenario_image(guest, disk, files)
     log(f"{kind} run {n}: booting ({' '.join(cmdline(kind))})")
     run = boot(img, wd, cmdline(kind), timeout)
@@ -248,15 +248,31 @@ def scenario(guest: image.GuestImage, work: Path, kind: str, n: int,
     return f
 
 
-def build(work: Path, deb: Path | None, dkms: Path | None) -> image.GuestImage:
+def kdump_state(base: image.BaseRootfs) -> dict[str, str]:
+    """kdump-config load deletes its initrd and rebuilds it when /etc/kdump/sysctl.conf
+    differs from the copy it keeps (latest_sysctls-RELEASE), as on a first load.  In this
+    guest the kernel modules are stripped after the initrds were built, so a rebuilt
+    capture initrd has no virtio_blk and cannot find the root disk: give it the copy a
+    first load would have left, so the initrd built with the image is used."""
+    conf = (base.rootfs / "etc/kdump/sysctl.conf").read_text()
+    return {f"/var/lib/kdump/latest_sysctls-{base.release}": conf}
+
+
+def build(work: Path, deb: Path | None, dkms: Path | None,
+          rebuild: bool) -> tuple[image.GuestImage, dict[str, str]]:  # fmt: skip
     base = image.build_rootfs(image.default_cache_dir(), variant=KDUMP)
+    done = work / "session" / "base.img"
+    if done.exists() and not rebuild:
+        return image.GuestImage(done, base.kernel, base.initrd, base.release,
+                                base.version), kdump_state(base)
     if deb is None:
         r = subprocess.run([str(REPO / "packaging" / "build-deb.sh"), str(work / "deb")],
                            capture_output=True, text=True, check=True)
         deb = Path(r.stdout.strip().splitlines()[-1])
     if dkms is None:
         dkms = sorted(deb.parent.glob("dumpsaver-dkms_*.deb"))[-1]
-    return image.build_session_image(base, deb, work / "session", extra_debs=(dkms,))
+    guest = image.build_session_image(base, deb, work / "session", extra_debs=(dkms,))
+    return guest, kdump_state(base)
 
 
 def main() -> int:
@@ -268,11 +284,13 @@ def main() -> int:
     ap.add_argument("--dkms-deb", type=Path)
     ap.add_argument("--timeout", type=float, default=900.0, help="per QEMU process")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="rebuild the session image (default: reuse WORK/session/base.img)")
     ap.add_argument("--json", type=Path, default=HERE / "crash-to-service.json")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    guest = build(a.work, a.deb, a.dkms_deb)
+    guest, extra = build(a.work, a.deb, a.dkms_deb, a.rebuild)
     log(f"image ready in {time.monotonic() - t0:.0f} s: {guest.image}")
     if a.build_only:
         return 0
@@ -282,7 +300,7 @@ def main() -> int:
         for kind in kinds:
             if kind == "none" and n > 1:
                 continue
-            results.append(scenario(guest, a.work, kind, n, a.timeout))
+            results.append(scenario(guest, a.work, kind, n, a.timeout, extra))
             a.json.write_text(json.dumps({"memory_mb": MEMORY_MB, "region": REGION,
                                           "crashkernel": CRASHKERNEL, "accel": qemu.accel(),
                                           "runs": results}, indent=1) + "\n")

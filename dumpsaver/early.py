@@ -37,12 +37,13 @@ MAX_PHYS = 1 << 63
 #: Settings that change where a dump is looked for or how it is read.  A configuration
 #: setting any of them (or any key not in SAFE_KEYS) sends the boot down the full path.
 LOCATING_KEYS = ("sysfs", "regions", "mem_device")
-#: Settings that cannot make a dump appear (a test checks that these two tuples split
-#: dumpsaver.config.SETTINGS exactly: a new setting must be put in one of them).
-#: use_memmap can only remove a place to look, so it is safe.
+#: Settings that cannot make a dump appear (a test checks that every setting of
+#: dumpsaver.config.SETTINGS is in one of these two tuples: a new setting must be put in
+#: one).  use_memmap can only remove a place to look, and pmem_wait matters only with
+#: memmap=SIZE!ADDR, which takes the full path anyway.
 SAFE_KEYS = (
     "dump_dir", "format", "minfree", "keep_dumps", "max_use", "restart", "max_attempts",
-    "use_memmap", "state_dir", "upload_host", "s3_bucket", "s3_endpoint", "s3_prefix",
+    "use_memmap", "pmem_wait", "state_dir", "upload_host", "s3_bucket", "s3_endpoint", "s3_prefix",
     "s3_region", "s3_verify_tls", "s3_checksum", "s3_credentials_file", "s3_part_size",
     "s3_concurrency", "ssh_destination", "ssh_port", "ssh_identity", "ssh_options",
     "ssh_mode", "upload_delete", "upload_full_limit", "upload_timeout", "upload_retries",
