@@ -53,6 +53,30 @@ d="$2"
 n="$1"
 journalctl -b -o cat -u dumpsaver.service > "$d/unit-journal" 2>&1
 cat /proc/loadavg > "$d/loadavg"
+systemctl show dumpsaver.service -p CPUUsageNSec > "$d/cpu" 2>&1
+if [ "$n" = 1 ]; then
+    # by hand after the boot, @ROUNDS@ interleaved rounds: each contender with a cold page
+    # cache (drop_caches, as at boot) and then warm
+    python3 - "$d" @ROUNDS@ <<'PY'
+import json, subprocess, sys, time
+C = {"dumpsaver": ["/usr/bin/dumpsaver", "save"], "python": ["/usr/bin/python3", "-c", "pass"],
+     "python -S": ["/usr/bin/python3", "-S", "-c", "pass"]}
+out = {f"{k} {w}": [] for k in C for w in ("cold", "warm")}
+for i in range(int(sys.argv[2])):
+    for k, cmd in C.items():
+        for w in ("cold", "warm"):
+            if w == "cold":
+                subprocess.run(["sync"])
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+            t0 = time.monotonic()
+            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out[f"{k} {w}"].append(round((time.monotonic() - t0) * 1000, 1))
+            assert r.returncode == 0, (cmd, r.returncode)
+with open(sys.argv[1] + "/by-hand.json", "w") as f:
+    json.dump(out, f)
+PY
+fi
 set -- @PLAN@
 total=$#
 shift "$n" 2>/dev/null || set --
@@ -91,10 +115,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/dumpsaver-boot-guest"))
     ap.add_argument("--deb", type=Path, help="dumpsaver .deb (default: build one)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="boots per contender")
+    ap.add_argument("--by-hand", type=int, default=10,
+                    help="rounds of the by-hand series in the first boot")
     ap.add_argument("--label", default="", help="a name for this image (e.g. before)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS),
+                    help="which, in this order (dumpsaver first; default: %(default)s)")
     a = ap.parse_args()
     work = a.work / (a.label or "current")
     work.mkdir(parents=True, exist_ok=True)
@@ -105,7 +133,8 @@ def main() -> int:
         deb = Path(r.stdout.strip().splitlines()[-1])
     base = image.build_rootfs(image.default_cache_dir())
     guest = image.build_session_image(base, deb, work)
-    names = list(CONTENDERS)
+    names = [n for n in a.contenders.split(",") if n]
+    assert names[0] == "dumpsaver" and set(names) <= set(CONTENDERS), names
     plan: list[str] = []  # the contender of boot k is plan[k-1]
     for i in range(a.rounds):
         plan += names[i % len(names):] + names[:i % len(names)]
@@ -117,7 +146,8 @@ def main() -> int:
     assert plan[0] == "dumpsaver"
     disk = work / "disk.img"
     img = image.scenario_image(guest, disk, {
-        "/e2e/scenario.sh": SCENARIO.replace("@PLAN@", " ".join(words))})
+        "/e2e/scenario.sh": SCENARIO.replace("@PLAN@", " ".join(words)).replace(
+            "@ROUNDS@", str(a.by_hand))})
     la0 = os.getloadavg()
     t0 = time.monotonic()
     log(f"{len(plan)} boots: {plan}")
@@ -128,7 +158,7 @@ def main() -> int:
     if ev is None:
         log("no evidence: " + run.tail())
         return 1
-    samples: dict[str, list[float]] = {p: [] for p in [*names, "importtime"]}
+    samples: dict[str, list[float]] = {p: [] for p in [*CONTENDERS, "importtime"]}
     per_boot = []
     for k, p in enumerate(plan, start=1):
         d = ev / f"run-{k}"
@@ -139,8 +169,10 @@ def main() -> int:
         ms = (int(ds["ExecMainExitTimestampMonotonic"]) -
               int(ds["ExecMainStartTimestampMonotonic"])) / 1000  # fmt: skip
         samples[p].append(ms)
+        cpu = (d / "cpu").read_text().strip().partition("=")[2]
         per_boot.append({"boot": k, "contender": p, "ms": round(ms, 1),
                          "result": ds.get("Result"),
+                         "cpu_ms": round(int(cpu) / 1e6, 1) if cpu.isdigit() else None,
                          "start_s": int(ds["ExecMainStartTimestampMonotonic"]) / 1e6,
                          "guest_loadavg": (d / "loadavg").read_text().split()[:3]})
         if p == "importtime":
@@ -157,7 +189,23 @@ def main() -> int:
                    "ratio_to_python": round(med / bare, 2)}
         print(f"  {p:12} median {med:8.1f} ms  all {[round(x) for x in ms]}  "
               f"x python -c pass {med / bare:.2f}")
-    out: dict[str, Any] = {"label": a.label, "deb": str(deb), "host_loadavg_before": la0,
+    hand = {}
+    if (ev / "run-1" / "by-hand.json").exists():
+        raw = json.loads((ev / "run-1" / "by-hand.json").read_text())
+        for w in ("cold", "warm"):
+            b = statistics.median(raw[f"python {w}"])
+            for k in ("dumpsaver", "python", "python -S"):
+                ms = raw[f"{k} {w}"]
+                med = statistics.median(ms)
+                hand[f"{k} {w}"] = {"ms": ms, "median_ms": med, "ratio_to_python": round(
+                    med / b, 2)}
+                print(f"  by hand, {w:4} {k:10} median {med:7.1f} ms  range {min(ms):.0f}-"
+                      f"{max(ms):.0f}  x python -c pass {med / b:.2f}")
+    for b in per_boot:
+        print(f"  boot {b['boot']}: {b['contender']:10} {b['ms']:8.1f} ms wall, "
+              f"{b['cpu_ms']} ms CPU, started {b['start_s']:.1f} s after the kernel")
+    out: dict[str, Any] = {"label": a.label, "by_hand": hand, "deb": str(deb),
+                           "host_loadavg_before": la0,
                            "host_loadavg_after": la1, "qemu_s": round(took), "boots": per_boot,
                            "contenders": rows, "accel": qemu.accel()}
     (work / "boot-guest.json").write_text(json.dumps(out, indent=1) + "\n")
