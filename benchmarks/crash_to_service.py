@@ -61,6 +61,7 @@ sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' "$root/etc/default/kexec"
 """,
 )
 MEMORY_MB = 2048
+RESULTS = HERE / "crash-to-service.json"
 REGION = (0x30000000, 64 << 20)
 CRASHKERNEL = "crashkernel=384M-:128M"  # kdump-tools 1.8.1's grub.d default
 
@@ -90,7 +91,9 @@ esac
 """
 
 PANIC = "Kernel panic - not syncing"
-SERVICE = re.compile(r"Reached target .*Multi-User System")
+# e2e-runner.service (After=multi-user.target) prints this as it starts: multi-user.target
+# was reached (systemd prints no "Reached target" for it on the console here)
+SERVICE = re.compile(r"e2e-runner: run \d+")
 WELCOME = re.compile(r"Welcome to \S*Debian")
 
 
@@ -189,24 +192,26 @@ def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, 
     f["boots"] = len(welcomes)
     panic = first(lines, lambda ln: PANIC in ln)
     if panic is not None:
-        after = [t for t in welcomes if t > panic]
-        service = None
-        # the boot that reaches multi-user after the panic: dumpsaver's third boot (the
-        # save boot never reaches it), kdump's boot after the capture kernel (the capture
-        # kernel runs only kdump-tools-dump.service)
+        f["panic_at_s"] = round(panic - run["t0"], 1)
+        # the boots after the panic (systemd's banner): dumpsaver's save boot and the
+        # clean one after it; kdump's capture kernel and the boot after it
+        after = [round(t - panic, 1) for t in welcomes if t > panic]
+        f["boots_after_panic_s"] = after
         service = first(lines, lambda ln: bool(SERVICE.search(ln)), after=panic)
-        f["panic_to_next_boot_s"] = round(after[0] - panic, 1) if after else None
         f["panic_to_service_s"] = round(service - panic, 1) if service else None
-        if len(after) >= 2:
-            f["panic_to_second_boot_s"] = round(after[1] - panic, 1)
-        for t, ln in lines:
+        marks = {"makedumpfile_start_s": "running makedumpfile -F",
+                 "makedumpfile_saved_s": "saved vmcore in",
+                 "capture_reboot_s": "reboot: Restarting system",
+                 "dumpsaver_started_s": "Starting dumpsaver.service",
+                 "dumpsaver_finished_s": "Stopped dumpsaver.service"}
+        for key, text in marks.items():
+            t = first(lines, lambda ln, text=text: text in ln, after=panic)
+            if t is not None:
+                f[key] = round(t - panic, 1)
+        for _t, ln in lines:
             m = re.search(r"dumpsaver: (\d+) of (\d+) pages in (\d+) KiB in (\d+) ms", ln)
             if m:
                 f["module_report"] = m.group(0)
-                f["module_ms"] = int(m.group(4))
-            if t > panic and ("makedumpfile" in ln or "kdump-tools" in ln) and len(
-                    f.setdefault("kdump_lines", [])) < 12:
-                f["kdump_lines"].append(f"{t - panic:7.1f} {ln.strip()[:160]}")
     if evidence is not None:
         run1 = evidence / "run-1"
         if (run1 / "meminfo").exists():
@@ -221,6 +226,28 @@ def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, 
         if last and (last[-1] / "dumps.ls").exists():
             f["dumps_ls"] = (last[-1] / "dumps.ls").read_text()[-2500:]
     return f
+
+
+def reanalyze(work: Path) -> list[dict[str, Any]]:
+    """The figures again from what earlier runs left in WORK (serial-stamped.txt, the
+    evidence), e.g. after a change to figures()."""
+    out = []
+    for wd in sorted(p for p in work.iterdir() if (p / "serial-stamped.txt").exists()):
+        lines = []
+        for ln in (wd / "serial-stamped.txt").read_text(errors="replace").splitlines():
+            t, _, text = ln.strip().partition(" ")
+            try:
+                lines.append((float(t), text))
+            except ValueError:
+                continue
+        kind = wd.name.rsplit("-", 1)[0]
+        run = {"lines": lines, "t0": 0.0, "seconds": None, "timed_out": None,
+               "loadavg_before": [], "loadavg_after": []}
+        ev = wd / "disk" / "e2e"
+        f = figures(kind, run, ev if ev.exists() else None)
+        f["run_dir"] = wd.name
+        out.append(f)
+    return out
 
 
 def scenario(guest: image.GuestImage, work: Path, kind: str, n: int, timeout: float,
@@ -286,9 +313,15 @@ def main() -> int:
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--rebuild", action="store_true",
                     help="rebuild the session image (default: reuse WORK/session/base.img)")
-    ap.add_argument("--json", type=Path, default=HERE / "crash-to-service.json")
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    ap.add_argument("--reanalyze", action="store_true",
+                    help="only recompute the figures from the runs kept in WORK")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.reanalyze:
+        for f in reanalyze(a.work):
+            print(json.dumps({k: v for k, v in f.items() if not isinstance(v, str)}))
+        return 0
     t0 = time.monotonic()
     guest, extra = build(a.work, a.deb, a.dkms_deb, a.rebuild)
     log(f"image ready in {time.monotonic() - t0:.0f} s: {guest.image}")
