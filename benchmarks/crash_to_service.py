@@ -319,8 +319,12 @@ def main() -> int:
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.reanalyze:
-        for f in reanalyze(a.work):
+        runs = reanalyze(a.work)
+        for f in runs:
             print(json.dumps({k: v for k, v in f.items() if not isinstance(v, str)}))
+        a.json.write_text(json.dumps({"memory_mb": MEMORY_MB, "region": REGION,
+                                      "crashkernel": CRASHKERNEL, "accel": qemu.accel(),
+                                      "runs": runs}, indent=1) + "\n")
         return 0
     t0 = time.monotonic()
     guest, extra = build(a.work, a.deb, a.dkms_deb, a.rebuild)
