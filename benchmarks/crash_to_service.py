@@ -20,6 +20,8 @@ kernel command line only, as a user would:
   boots the capture kernel, which runs kdump-tools-dump.service (``makedumpfile -F -c -d
   31`` into /var/crash, its defaults), then ``reboot -f``; the next boot reaches
   multi-user.target.
+- ``dumpsaver-kdump``: the same with ``format: kdump`` (dumpsaver's default is ELF; this
+  saves kdump-compressed, the format makedumpfile -c writes).
 - ``none``: neither reservation, for MemTotal's baseline (one boot, no crash).
 
 Crash to service is timed on the host: every line of the serial console is stamped with
@@ -103,7 +105,7 @@ def log(msg: str) -> None:
 
 def cmdline(kind: str) -> list[str]:
     base = [w for w in qemu.cmdline(*REGION) if not w.startswith("memmap=")]
-    if kind == "dumpsaver":
+    if kind.startswith("dumpsaver"):
         return [*base, qemu.memmap(*REGION)]
     if kind == "kdump":
         return [*base, CRASHKERNEL]
@@ -183,8 +185,11 @@ def meminfo(text: str) -> dict[str, int]:
     return out
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, Any]:
-    lines = run["lines"]
+    lines = [(t, ANSI.sub("", ln)) for t, ln in run["lines"]]
     f: dict[str, Any] = {"kind": kind, "qemu_s": run["seconds"], "timed_out": run["timed_out"],
                          "loadavg_before": [round(x, 2) for x in run["loadavg_before"]],
                          "loadavg_after": [round(x, 2) for x in run["loadavg_after"]]}
@@ -203,7 +208,9 @@ def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, 
                  "makedumpfile_saved_s": "saved vmcore in",
                  "capture_reboot_s": "reboot: Restarting system",
                  "dumpsaver_started_s": "Starting dumpsaver.service",
-                 "dumpsaver_finished_s": "Stopped dumpsaver.service"}
+                 "dumpsaver_stopped_s": "Stopped dumpsaver.service",
+                 "capture_dump_unit_s": "Starting kdump-tools-dump.service",
+                 "reboot_target_s": "Reached target reboot.target"}
         for key, text in marks.items():
             t = first(lines, lambda ln, text=text: text in ln, after=panic)
             if t is not None:
@@ -222,6 +229,13 @@ def figures(kind: str, run: dict[str, Any], evidence: Path | None) -> dict[str, 
             p = run1 / name
             if p.exists():
                 f[name.replace("-", "_")] = p.read_text()[-1500:]
+        for info in sorted(evidence.parent.glob("dumps/*/info.json")):
+            d = json.loads(info.read_text())
+            f["dumpsaver_save_s"] = d.get("duration_s")
+            f["dumpsaver_file_bytes"] = d.get("file_size")
+            f["dumpsaver_format"] = d.get("format")
+        for core in sorted(evidence.parent.glob("crash/*/dump.*")):
+            f["kdump_file_bytes"] = core.stat().st_size
         last = sorted(evidence.glob("run-*"))
         if last and (last[-1] / "dumps.ls").exists():
             f["dumps_ls"] = (last[-1] / "dumps.ls").read_text()[-2500:]
@@ -257,6 +271,8 @@ def scenario(guest: image.GuestImage, work: Path, kind: str, n: int, timeout: fl
     disk = wd / "disk.img"
     crash = "no" if kind == "none" else "yes"
     files = {"/e2e/scenario.sh": SCENARIO.replace("@CRASH@", crash), **extra}
+    if kind == "dumpsaver-kdump":  # the same, saved kdump-compressed as makedumpfile -c does
+        files["/etc/dumpsaver/dumpsaver.yaml"] = "format: kdump\n"
     img = image.scenario_image(guest, disk, files)
     log(f"{kind} run {n}: booting ({' '.join(cmdline(kind))})")
     run = boot(img, wd, cmdline(kind), timeout)
