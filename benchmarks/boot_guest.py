@@ -121,18 +121,18 @@ def main() -> int:
     ap.add_argument("--label", default="", help="a name for this image (e.g. before)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--collect", action="store_true", help="only read what an earlier (or "
+                    "stopped) run with the same options left in its disk image")
     ap.add_argument("--contenders", default=",".join(CONTENDERS),
                     help="which, in this order (dumpsaver first; default: %(default)s)")
     a = ap.parse_args()
     work = a.work / (a.label or "current")
     work.mkdir(parents=True, exist_ok=True)
     deb = a.deb
-    if deb is None:
+    if deb is None and not a.collect:
         r = subprocess.run([str(REPO / "packaging" / "build-deb.sh"), str(work / "deb")],
                            capture_output=True, text=True, check=True)
         deb = Path(r.stdout.strip().splitlines()[-1])
-    base = image.build_rootfs(image.default_cache_dir())
-    guest = image.build_session_image(base, deb, work)
     names = [n for n in a.contenders.split(",") if n]
     assert names[0] == "dumpsaver" and set(names) <= set(CONTENDERS), names
     plan: list[str] = []  # the contender of boot k is plan[k-1]
@@ -145,18 +145,22 @@ def main() -> int:
     # boot 1 runs the shipped unit: the first contender must be "dumpsaver"
     assert plan[0] == "dumpsaver"
     disk = work / "disk.img"
-    img = image.scenario_image(guest, disk, {
-        "/e2e/scenario.sh": SCENARIO.replace("@PLAN@", " ".join(words)).replace(
-            "@ROUNDS@", str(a.by_hand))})
     la0 = os.getloadavg()
     t0 = time.monotonic()
-    log(f"{len(plan)} boots: {plan}")
-    run = qemu.boot(img.image, img.kernel, img.initrd, work, timeout=a.timeout)
+    if not a.collect:
+        assert deb is not None
+        base = image.build_rootfs(image.default_cache_dir())
+        guest = image.build_session_image(base, deb, work)
+        img = image.scenario_image(guest, disk, {
+            "/e2e/scenario.sh": SCENARIO.replace("@PLAN@", " ".join(words)).replace(
+                "@ROUNDS@", str(a.by_hand))})
+        log(f"{len(plan)} boots: {plan}")
+        qemu.boot(img.image, img.kernel, img.initrd, work, timeout=a.timeout)
     took = time.monotonic() - t0
     la1 = os.getloadavg()
     ev = image.rdump(disk, "/root/e2e", work / "disk")
     if ev is None:
-        log("no evidence: " + run.tail())
+        log(f"no evidence in {disk}")
         return 1
     samples: dict[str, list[float]] = {p: [] for p in [*CONTENDERS, "importtime"]}
     per_boot = []
@@ -211,7 +215,6 @@ def main() -> int:
     (work / "boot-guest.json").write_text(json.dumps(out, indent=1) + "\n")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
-    disk.unlink(missing_ok=True)
     return 0
 
 
