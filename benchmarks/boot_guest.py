@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def main() -> int:
         qemu.boot(img.image, img.kernel, img.initrd, work, timeout=a.timeout)
     took = time.monotonic() - t0
     la1 = os.getloadavg()
+    shutil.rmtree(work / "disk", ignore_errors=True)  # debugfs does not overwrite
     ev = image.rdump(disk, "/root/e2e", work / "disk")
     if ev is None:
         log(f"no evidence in {disk}")
@@ -173,7 +175,7 @@ def main() -> int:
         ms = (int(ds["ExecMainExitTimestampMonotonic"]) -
               int(ds["ExecMainStartTimestampMonotonic"])) / 1000  # fmt: skip
         samples[p].append(ms)
-        cpu = (d / "cpu").read_text().strip().partition("=")[2]
+        cpu = (d / "cpu").read_text().strip().partition("=")[2] if (d / "cpu").exists() else ""
         per_boot.append({"boot": k, "contender": p, "ms": round(ms, 1),
                          "result": ds.get("Result"),
                          "cpu_ms": round(int(cpu) / 1e6, 1) if cpu.isdigit() else None,
