@@ -14,13 +14,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from dumpsaver import paths
+from dumpsaver import early, paths
 from dumpsaver.errors import ConfigError
 from dumpsaver.sizes import parse_size
 
 DEFAULT_PATH = Path(paths.CONFIG)
 #: A config file above this is refused (by the fast path and the full path alike).
-MAX_FILE = 1 << 20
+MAX_FILE = early.MAX_CONFIG
 #: Parser errors quote at most this much of a bad value.
 QUOTE = 60
 _PHYS_LIMIT = 1 << 63  # physmem.MAX_PHYS, without importing it here
@@ -35,26 +35,6 @@ def _quote(v: Any) -> str:
     else:
         text = f"a {type(v).__name__}"
     return text if len(text) <= QUOTE else text[:QUOTE] + "..."
-
-
-def is_default(path: str | os.PathLike[str] | None = None) -> bool:
-    """True when ``load(path)`` gives the built-in defaults without parsing YAML: the
-    file (resolved as ``load`` does) is missing and not named explicitly, or holds only
-    comments.  False when it sets something, cannot be read or is too large: ``load``
-    then parses it or says why.  The boot's no-dump fast path decides with this, on
-    the same bytes ``load`` reads, so the two never disagree.
-    """
-    env = os.environ.get(paths.CONFIG_ENV)
-    explicit = path is None and env is not None  # ``path``: the default location (tests)
-    p = path or env or DEFAULT_PATH
-    try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except FileNotFoundError:
-        return not explicit
-    except OSError:
-        return False
-    return len(data) <= MAX_FILE and _only_comments(data)
 
 
 def _only_comments(data: bytes) -> bool:

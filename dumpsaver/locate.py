@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dumpsaver import pmem
+from dumpsaver import early, pmem
 from dumpsaver.errors import DumpsaverError
-from dumpsaver.physmem import MAX_PHYS, Range, merge_ranges
-from dumpsaver.sizes import parse_size
+from dumpsaver.physmem import Range, merge_ranges
 
 MAX_SYSFS_RANGES = 65536
 
@@ -125,29 +123,10 @@ def from_sysfs(root: Path) -> Candidate | None:
     )
 
 
-_MEMMAP = {sep: re.compile(r"^(?P<size>[0-9a-fx]+[kmg]?)" + re.escape(sep)
-                           + r"(?P<addr>[0-9a-fx]+[kmg]?)$", re.I) for sep in "$!"}
-
-
 def parse_memmap(cmdline: str, sep: str = "$") -> list[Range]:
     """The ``memmap=SIZE$ADDR`` (reserve) entries of a kernel command line; with
     ``sep="!"`` the ``memmap=SIZE!ADDR`` (legacy persistent memory) ones."""
-    out = []
-    pattern = _MEMMAP[sep]
-    for word in cmdline.split():
-        if not word.startswith("memmap="):
-            continue
-        for item in word[len("memmap=") :].split(","):
-            m = pattern.match(item)
-            if not m:
-                continue  # other memmap forms (@, #, exactmap, the other of $ and !)
-            try:
-                size, addr = parse_size(m["size"]), parse_size(m["addr"], allow_zero=True)
-            except DumpsaverError:
-                continue
-            if size > 0 and addr + size <= MAX_PHYS:  # the kernel ignores one beyond it too
-                out.append(Range(addr, addr + size))
-    return out
+    return [Range(a, b) for kind, a, b in early.memmap_items(cmdline) if kind == sep]
 
 
 def parse_memmap_pmem(cmdline: str) -> list[Range]:
@@ -157,19 +136,7 @@ def parse_memmap_pmem(cmdline: str) -> list[Range]:
 
 def parse_iomem(text: str) -> list[tuple[Range, str]]:
     """Top-level and nested /proc/iomem entries as (range, name)."""
-    out = []
-    for line in text.splitlines():
-        span, sep, name = line.strip().partition(" : ")
-        a, dash, b = span.partition("-")
-        if not sep or not dash:
-            continue
-        try:
-            start, last = int(a, 16), int(b, 16)
-        except ValueError:
-            continue
-        if start <= last < MAX_PHYS:
-            out.append((Range(start, last + 1), name.strip()))
-    return out
+    return [(Range(a, b), name) for a, b, name in early.iomem_items(text)]
 
 
 def ram_end(iomem: Path) -> int | None:

@@ -5,23 +5,19 @@ and the tests pass their own (a temp directory, a plain file for /dev/mem).  Thi
 module imports nothing, so the no-dump fast path (dumpsaver.cli) can use it.
 """
 
-from __future__ import annotations
-
-from typing import Final
-
 #: The configuration file; ``$DUMPSAVER_CONFIG`` (or ``--config``) names another.
-CONFIG: Final = "/etc/dumpsaver/dumpsaver.yaml"
-CONFIG_ENV: Final = "DUMPSAVER_CONFIG"
+CONFIG = "/etc/dumpsaver/dumpsaver.yaml"
+CONFIG_ENV = "DUMPSAVER_CONFIG"
 #: The kernel's mcore interface (docs/sysfs-abi.md) and its header attribute.
-SYSFS: Final = "/sys/kernel/mcore"
-SYSFS_HEADER: Final = SYSFS + "/header"
+SYSFS = "/sys/kernel/mcore"
+SYSFS_HEADER = SYSFS + "/header"
 #: The kernel command line (memmap= reservations) and the resource map they are checked on.
-CMDLINE: Final = "/proc/cmdline"
-IOMEM: Final = "/proc/iomem"
+CMDLINE = "/proc/cmdline"
+IOMEM = "/proc/iomem"
 #: The physical memory device.
-MEM: Final = "/dev/mem"
+MEM = "/dev/mem"
 #: Where saved dumps go, and the state (failed attempts, the self-test record).
-DUMP_DIR: Final = "/var/dumps"
-STATE_DIR: Final = "/var/lib/dumpsaver"
+DUMP_DIR = "/var/dumps"
+STATE_DIR = "/var/lib/dumpsaver"
 #: PID 1's private D-Bus socket (exists before the system bus does).
-PID1_PRIVATE: Final = "/run/systemd/private"
+PID1_PRIVATE = "/run/systemd/private"

@@ -139,7 +139,6 @@ def test_no_dump_fast_path(tmp_path: Path) -> None:
     with open(mem, "r+b") as f:
         f.seek(0x30000000)
         f.write(fmt.MAGIC)
-    assert cli.DUMP_MAGIC == fmt.MAGIC
     assert not cli.surely_no_dump(**args)  # a dump: the full path saves it
     iomem.write_text("30000000-30ffffff : System RAM\n")
     assert not cli.surely_no_dump(**args)  # not reserved: the full path says why
@@ -148,6 +147,10 @@ def test_no_dump_fast_path(tmp_path: Path) -> None:
     assert not cli.surely_no_dump(**args)
     hdr.unlink()
     cfg.write_text("regions: ['0x30000000:16M']\n")  # a setting may point at a dump
+    assert not cli.surely_no_dump(**args)
+    cfg.write_text("minfree: 1G\n")  # one that cannot: the fast path (tests/test_early.py)
+    assert cli.surely_no_dump(**args)
+    cfg.write_text("sysfs: /elsewhere\n")
     assert not cli.surely_no_dump(**args)
     assert not cli.surely_no_dump(config=str(cfg), sysfs_header=str(hdr),
                                   cmdline=str(tmp_path / "unreadable"))

@@ -33,6 +33,11 @@ def test_deb_builds_and_lintian_is_clean(tmp_path: Path) -> None:
                  "dumpsaver/writers/kdump.py", "man8/dumpsaver.8", "man5/dumpsaver.yaml.5",
                  "usr/share/bash-completion/completions/dumpsaver"):
         assert path in files, path
+    # the boot job's launcher imports nothing but dumpsaver.cli (no re: tests/test_early.py)
+    launcher = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar -xO ./usr/bin/dumpsaver",
+                              shell=True, capture_output=True, text=True, check=True).stdout
+    assert launcher.splitlines()[1:] == ["import sys", "from dumpsaver.cli import main",
+                                         "sys.exit(main())"], launcher
     info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True,
                           check=True).stdout
     for dep in ("python3-systemd", "python3-pystemd", "python3-psutil", "python3-yaml"):

@@ -110,6 +110,24 @@ rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/
 """
 # Bump when the recipe changes in a way the hash of the strings above cannot see.
 RECIPE_VERSION = "2"
+#: Where a variant's hook goes in CUSTOMIZE_HOOK: before the kernel modules are stripped.
+_BEFORE_STRIP = 'mods="$root/usr/lib/modules/$rel/kernel"'
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A rootfs with more in it (a benchmark's guest, e.g. Debian's kdump-tools beside
+    dumpsaver): ``packages`` on top of PACKAGES, and ``hook``, shell run in the customize
+    hook (``$root``, ``$rel`` set) before the kernel modules are stripped.  Both go into
+    the cache key; the base recipe's key is unchanged."""
+
+    name: str
+    packages: tuple[str, ...]
+    hook: str = ""
+
+    def customize_hook(self) -> str:
+        assert _BEFORE_STRIP in CUSTOMIZE_HOOK
+        return CUSTOMIZE_HOOK.replace(_BEFORE_STRIP, f"{self.hook}\n{_BEFORE_STRIP}")
 
 
 @dataclass(frozen=True)
@@ -140,11 +158,15 @@ def default_cache_dir() -> Path:
     return Path("/var/cache/dumpsaver-e2e")
 
 
-def recipe_key() -> str:
+def recipe_key(variant: Variant | None = None) -> str:
     h = hashlib.sha256()
     for part in (RECIPE_VERSION, SUITE, *MIRRORS, *PACKAGES, ESSENTIAL_HOOK, CUSTOMIZE_HOOK):
         h.update(part.encode())
         h.update(b"\0")
+    if variant is not None:
+        for part in (variant.name, *variant.packages, variant.hook):
+            h.update(part.encode())
+            h.update(b"\1")
     return h.hexdigest()[:16]
 
 
@@ -152,9 +174,14 @@ def _log(msg: str) -> None:
     print(f"[e2e-image] {msg}", file=sys.stderr, flush=True)
 
 
-def build_rootfs(cache_dir: Path, *, force: bool = False) -> BaseRootfs:
-    """Return the cached base rootfs, building it with mmdebstrap when missing."""
-    key = recipe_key()
+def build_rootfs(
+    cache_dir: Path, *, force: bool = False, variant: Variant | None = None
+) -> BaseRootfs:
+    """Return the cached base rootfs (or ``variant``'s), building it with mmdebstrap when
+    missing."""
+    key = recipe_key(variant)
+    packages = PACKAGES + list(variant.packages if variant else ())
+    customize = variant.customize_hook() if variant else CUSTOMIZE_HOOK
     final = cache_dir / f"rootfs-{key}"
     kernel = cache_dir / f"vmlinuz-{key}"
     initrd = cache_dir / f"initrd-{key}"
@@ -172,12 +199,12 @@ def build_rootfs(cache_dir: Path, *, force: bool = False) -> BaseRootfs:
         "--variant=minbase",
         "--mode=root",
         "--format=directory",
-        "--include=" + ",".join(PACKAGES),
+        "--include=" + ",".join(packages),
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         "--essential-hook=" + ESSENTIAL_HOOK,
-        "--customize-hook=" + CUSTOMIZE_HOOK,
+        "--customize-hook=" + customize,
         SUITE,
         str(tmp),
         *MIRRORS,
