@@ -267,10 +267,14 @@ def test_clean_reboot_with_user_data_in_range_is_no_dump(movable: Scenario) -> N
 def test_crash_reads_the_saved_dump(
     movable: Scenario, vmlinux: debug_tools.Vmlinux, crash_cmd: list[str]
 ) -> None:
+    """As test_realcrash: bookworm's crash for bt and log, trixie's for ps (8.0.2 cannot
+    build this kernel's task table).  trixie's bt stopped at panic on one of two of
+    these dumps, where bookworm's unwound through sysrq_handle_crash: not asserted."""
     vmcore = dumps(movable)[0] / "vmcore"
-    s = readers.run_crash(crash_cmd, vmlinux.path, vmcore,
-                          {"bt": "bt", "log": "log", "ps": "ps"},
+    s = readers.run_crash(["crash"], vmlinux.path, vmcore, {"bt": "bt", "log": "log"},
                           movable.workdir / "crash")  # fmt: skip
     assert "sysrq_handle_crash" in s["bt"], s["bt"] + s.stderr
     assert "sysrq triggered crash" in s["log"], s["log"][-2000:]
-    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000]
+    s = readers.run_crash(crash_cmd, vmlinux.path, vmcore, {"ps": "ps"},
+                          movable.workdir / "crash-trixie")  # fmt: skip
+    assert readers.ps_has_systemd_pid1(s["ps"]), s["ps"][:2000] + s.stderr
