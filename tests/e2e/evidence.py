@@ -27,6 +27,8 @@ DS_EVENTS = {
     "failed": "c83423f13f77488da8dda7356256eaa3",
     "released": "834f198336b440c9aaa2ea162cf1355b",
     "restart-requested": "52c957937a5749abb569209db54f10b7",
+    "given-back": "c7196109ac984bf0b8342e449e7ee616",
+    "give-back-failed": "99ea6f113b584592974ae55149e1c0d1",
 }
 
 

@@ -131,7 +131,7 @@ def load(d: Path, mib: int) -> None:
     held = [_fill(mib)]
     pfns = _pfns(*held[0])
     total = mib
-    while kr and lo not in pfns and total < 2 * mib:
+    while kr and lo not in pfns and total < mib + 64:
         held.append(_fill(16))
         pfns += _pfns(*held[-1])
         total += 16
