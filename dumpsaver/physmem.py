@@ -70,8 +70,12 @@ class PhysMem:
         *,
         writable: bool = False,
         on_access: Callable[[int, int], None] | None = None,
+        base: int = 0,
     ) -> None:
         self.path = path
+        #: The physical address at the device's offset 0 (0 for /dev/mem; a pmem
+        #: namespace's start for /dev/pmemN, dumpsaver.pmemio).
+        self.base = base
         self.allowed = merge_ranges(allowed)
         self._starts = [r.start for r in self.allowed]
         self.writable = writable
@@ -103,15 +107,19 @@ class PhysMem:
                 "dump area"
             )
 
-    def read(self, start: int, length: int) -> bytes:
+    def begin(self, start: int, length: int) -> None:
+        """Check an access before it is made, and report it to ``on_access``."""
         self.check(start, length)
         if self.on_access is not None:
             self.on_access(start, length)
+
+    def read(self, start: int, length: int) -> bytes:
+        self.begin(start, length)
         chunks = []
         got = 0
         while got < length:
             try:
-                b = os.pread(self.fd, length - got, start + got)
+                b = os.pread(self.fd, length - got, start - self.base + got)
             except OSError as e:
                 raise DumpsaverError(
                     f"cannot read {self.path} at {start + got:#x}: {e.strerror}"
@@ -127,14 +135,12 @@ class PhysMem:
     def write(self, start: int, data: bytes | memoryview) -> None:
         if not self.writable:
             raise DumpsaverError(f"{self.path} is open read-only")
-        self.check(start, len(data))
-        if self.on_access is not None:
-            self.on_access(start, len(data))
+        self.begin(start, len(data))
         view = memoryview(data)
         done = 0
         while done < len(view):
             try:
-                done += os.pwrite(self.fd, view[done:], start + done)
+                done += os.pwrite(self.fd, view[done:], start - self.base + done)
             except OSError as e:
                 raise DumpsaverError(
                     f"cannot write {self.path} at {start + done:#x}: {e.strerror}"

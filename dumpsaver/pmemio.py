@@ -32,51 +32,21 @@ if TYPE_CHECKING:
 
 
 class OffsetMem(PhysMem):
-    """A block device (/dev/pmemN) whose offset 0 is physical address ``base``."""
+    """A block device (/dev/pmemN) whose offset 0 is physical address ``base``; every
+    write is flushed through its page cache to the memory."""
 
     def __init__(self, path: str, allowed: Sequence[Range], base: int, *,
                  writable: bool = False,
                  on_access: Callable[[int, int], None] | None = None) -> None:
-        super().__init__(path, allowed, writable=writable, on_access=on_access)
-        self.base = base
+        super().__init__(path, allowed, writable=writable, on_access=on_access, base=base)
         if any(r.start < base for r in self.allowed):
             self.close()
             raise DumpsaverError(f"{path}: an allowed range starts below its base {base:#x}")
 
-    def read(self, start: int, length: int) -> bytes:
-        self.check(start, length)
-        if self.on_access is not None:
-            self.on_access(start, length)
-        out = bytearray()
-        while len(out) < length:
-            try:
-                b = os.pread(self.fd, length - len(out), start - self.base + len(out))
-            except OSError as e:
-                raise DumpsaverError(
-                    f"cannot read {self.path} at physical {start + len(out):#x}: {e.strerror}"
-                ) from e
-            if not b:
-                raise DumpsaverError(f"{self.path} ends before physical {start + length:#x}")
-            out += b
-        return bytes(out)
-
     def write(self, start: int, data: bytes | memoryview) -> None:
-        if not self.writable:
-            raise DumpsaverError(f"{self.path} is open read-only")
-        self.check(start, len(data))
-        if self.on_access is not None:
-            self.on_access(start, len(data))
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            try:
-                done += os.pwrite(self.fd, view[done:], start - self.base + done)
-            except OSError as e:
-                raise DumpsaverError(
-                    f"cannot write {self.path} at physical {start + done:#x}: {e.strerror}"
-                ) from e
+        super().write(start, data)
         try:
-            os.fsync(self.fd)  # a block device: through its page cache to the memory
+            os.fsync(self.fd)
         except OSError as e:
             raise DumpsaverError(f"cannot flush {self.path}: {e.strerror}") from e
 
@@ -104,8 +74,7 @@ class DaxMem(PhysMem):
     def __init__(self, path: str, allowed: Sequence[Range], base: int, size: int, *,
                  writable: bool = False,
                  on_access: Callable[[int, int], None] | None = None) -> None:
-        super().__init__(path, allowed, writable=writable, on_access=on_access)
-        self.base = base
+        super().__init__(path, allowed, writable=writable, on_access=on_access, base=base)
         span = Range(base, base + size)
         for r in self.allowed:
             if not span.contains(r.start, r.size):
@@ -132,18 +101,14 @@ class DaxMem(PhysMem):
         return self.map
 
     def read(self, start: int, length: int) -> bytes:
-        self.check(start, length)
-        if self.on_access is not None:
-            self.on_access(start, length)
+        self.begin(start, length)
         off = start - self.base
         return self._mapped()[off : off + length]
 
     def write(self, start: int, data: bytes | memoryview) -> None:
         if not self.writable:
             raise DumpsaverError(f"{self.path} is open read-only")
-        self.check(start, len(data))
-        if self.on_access is not None:
-            self.on_access(start, len(data))
+        self.begin(start, len(data))
         off = start - self.base
         # Device-dax is memory: a store is in RAM once made, with no page cache to
         # flush, and msync() fails there (EINVAL: the device has no fsync).
