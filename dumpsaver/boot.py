@@ -34,6 +34,7 @@ from dumpsaver.errors import (
     Exit,
     FormatError,
     NoDumpError,
+    UnverifiedHeaderError,
 )
 from dumpsaver.locate import Candidate, LocateMethod, candidates, parse_memmap_pmem
 from dumpsaver.physmem import PhysMem, Range
@@ -161,6 +162,19 @@ def find_dump(
                     and cand.pmem.device() is not None:
                 # memmap=! memory reserved again with no dump in it (a clean reboot,
                 # stale user pages: the magic decides): back to the system
+                _finish_release(cand, where, notes)
+            continue
+        except UnverifiedHeaderError as e:
+            if cand.pmem is None or force:
+                problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
+                continue
+            # memmap=! memory holds user pages between crashes: the magic followed by
+            # no header its CRC vouches for is their data, not a dump (the panic side
+            # writes the header last, CRC and all); keeping the range reserved for it
+            # would let any user page hold the memory back at every boot.
+            notes.append(f"{cand.source}: not a dump: the dump magic, then {e.message} "
+                         "(data left in the range by a boot without a crash)")
+            if finish_release and not cand.pmem.given_back and cand.pmem.device() is not None:
                 _finish_release(cand, where, notes)
             continue
         except FormatError as e:

@@ -80,6 +80,13 @@ class FormatError(DumpsaverError):
         super().__init__(message, hint, exit_code=EXIT_CORRUPT)
 
 
+class UnverifiedHeaderError(FormatError):
+    """The area begins with the dump magic, but no header its own CRC vouches for follows
+    (wrong version, inconsistent sizes, checksum mismatch).  Corruption of a dump, or
+    other data that happens to begin with the magic: memmap=! memory, which holds user
+    pages between crashes, takes it for the latter (docs/sysfs-abi.md)."""
+
+
 class NoDumpError(FormatError):
     """The area holds no dump at all (not the dump magic): not corruption, nothing to do."""
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dumpsaver.codecs import Codec
-from dumpsaver.errors import AlreadySavedError, FormatError, NoDumpError
+from dumpsaver.errors import AlreadySavedError, FormatError, NoDumpError, UnverifiedHeaderError
 
 MAGIC = b"MCOREDMP"
 #: What the saver writes over MAGIC once the dump is durable on disk.
@@ -208,13 +208,16 @@ def peek_header_size(fixed: bytes) -> int:
     version, header_size = struct.unpack_from("<II", fixed, 8)
     assert isinstance(header_size, int)
     if version != VERSION:
-        raise FormatError(f"unsupported dump format version {version} (this saver reads {VERSION})")
+        raise UnverifiedHeaderError(
+            f"unsupported dump format version {version} (this saver reads {VERSION})")
     (n_extents,) = struct.unpack_from("<I", fixed, 36)
     if not 1 <= n_extents <= MAX_EXTENTS:
-        raise FormatError(f"dump header claims {n_extents} extents (1..{MAX_EXTENTS} allowed)")
+        raise UnverifiedHeaderError(
+            f"dump header claims {n_extents} extents (1..{MAX_EXTENTS} allowed)")
     expect = FIXED_SIZE + EXTENT.size * n_extents + CRC.size
     if header_size != expect:
-        raise FormatError(f"dump header size {header_size} does not match {n_extents} extents")
+        raise UnverifiedHeaderError(
+            f"dump header size {header_size} does not match {n_extents} extents")
     return header_size
 
 
@@ -222,10 +225,11 @@ def decode_header(block: bytes, *, force: bool = False) -> Header:
     """Decode and check a whole header block.  ``force`` accepts a bad header CRC only."""
     size = peek_header_size(block[:FIXED_SIZE])
     if len(block) < size:
-        raise FormatError(f"dump header truncated: {len(block)} of {size} bytes")
+        raise UnverifiedHeaderError(f"dump header truncated: {len(block)} of {size} bytes")
     (crc,) = CRC.unpack_from(block, size - CRC.size)
     if crc != _crc(block[: size - CRC.size]) and not force:
-        raise FormatError("dump header checksum mismatch", hint="--force salvages what it can")
+        raise UnverifiedHeaderError("dump header checksum mismatch",
+                                    hint="--force salvages what it can")
     v = FIXED.unpack_from(block, 0)
     (
         _magic, version, _hsize, flags, page_size, codec, excl, nr_cpus, n_ext, mem_pages,

@@ -94,7 +94,7 @@ def refuse_if_dump(area: pmem.PmemArea, magic: bytes) -> None:
                              "device_dax (dumpsaver-pmem.service does at boot)")
     if area.dax is not None:
         with pmemio.open_pmem(area, [area.dump]) as mem:
-            found = mem.read(area.dump.start, len(magic)) == magic
+            found = pmemio.holds_header(mem, area.dump.start, area.dump.end, magic)
         at = area.dump.start if found else None
     else:
         at = pmemio.find_header(area, magic)

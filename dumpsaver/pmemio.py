@@ -162,6 +162,26 @@ def find_header(area: PmemArea, magic: bytes) -> int | None:
         return None
     with open_pmem(area, [r]) as mem:
         for addr in range(r.start, r.end, area.block_size):
-            if mem.read(addr, len(magic)) == magic:
+            if holds_header(mem, addr, r.end, magic):
                 return addr
     return None
+
+
+def holds_header(mem: PhysMem, addr: int, end: int, magic: bytes) -> bool:
+    """Whether a dump header its own CRC vouches for begins at ``addr`` (before ``end``).
+    The magic alone is not enough in memory that held user pages: a page that merely
+    begins with it is someone's data (docs/sysfs-abi.md)."""
+    from dumpsaver import format as fmt
+    from dumpsaver.errors import UnverifiedHeaderError
+
+    if mem.read(addr, len(magic)) != magic:
+        return False
+    try:
+        fixed = mem.read(addr, min(fmt.FIXED_SIZE, end - addr))
+        size = fmt.peek_header_size(fixed)
+        fmt.decode_header(mem.read(addr, min(size, end - addr)))
+    except UnverifiedHeaderError:
+        return False
+    except DumpsaverError:
+        return True  # verified, but wrong in a later check: a dump to look at, kept
+    return True
