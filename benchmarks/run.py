@@ -177,9 +177,10 @@ class Bench:
                                              str(out)], out=out))
         out.unlink(missing_ok=True)
         kdump = self.repeated(lambda: self.save(sim, "kdump"))
-        elf = self.repeated(lambda: self.save(sim, "elf"))
         elf_one = self.repeated(lambda: self.save(sim, "elf",
                                                   extra_env={"DUMPSAVER_ELF_PROCESSES": "1"}))
+        elf = self.repeated(lambda: self.save(sim, "elf",
+                                              extra_env={"DUMPSAVER_ELF_PROCESSES": "2"}))
         core = next((self.work / f"dest-{sim.name}-elf").rglob("vmcore"))
         hidden = self.work / "core-novmcoreinfo"
         subprocess.run([PY, str(HERE / "plain.py"), "hide-vmcoreinfo", str(core), str(hidden)],

@@ -26,6 +26,7 @@ def _save(sim: Sim, dest: Path, monkeypatch: pytest.MonkeyPatch, forked: bool) -
         return real(*a, **kw)
 
     monkeypatch.setattr(elf, "PARALLEL_MIN_BYTES", 0 if forked else 1 << 62)
+    monkeypatch.setenv(elf.PROCESSES_ENV, "2")
     monkeypatch.setattr(elf, "_write_split", spy)
     res = save_sim(sim, dest, fmt_name="elf", keep=True)
     assert res.dump_dir is not None

@@ -178,13 +178,15 @@ class ElfWriter:
 PARALLEL_MIN_BYTES = 8 << 20
 
 
-#: ``DUMPSAVER_ELF_PROCESSES=1`` writes with one process whatever the CPUs (the
-#: benchmark's side-by-side figure of the two; benchmarks/run.py).
+#: ``DUMPSAVER_ELF_PROCESSES=2`` writes with two processes on 2+ CPUs.  Off by default:
+#: measured side by side on 2026-12-02 it never paid on the shared 2-vCPU VM (0.54-1.06x
+#: of one process, +0.1-0.45 s CPU; docs/performance.md); the benchmark keeps measuring
+#: it for a run on an idle machine to decide.
 PROCESSES_ENV = "DUMPSAVER_ELF_PROCESSES"
 
 
 def _parallel(scan: Scan) -> bool:
-    if os.environ.get(PROCESSES_ENV) == "1":
+    if os.environ.get(PROCESSES_ENV) != "2":
         return False
     try:
         cpus = len(os.sched_getaffinity(0))
