@@ -13,6 +13,7 @@
 #include <linux/panic.h>
 #include <linux/panic_notifier.h>
 #include <linux/reboot.h>
+#include <linux/sched/clock.h>
 #include <linux/timekeeping.h>
 #include "dumpsaver.h"
 
@@ -102,7 +103,12 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 		return NOTIFY_DONE;
 	crash_setup_regs(&regs, NULL);
 	ds_caller_regs(&regs);
-	t0 = ktime_get_mono_fast_ns();
+	/*
+	 * This CPU's own clock: the timekeeper's fast accessors read a base
+	 * that CPUs stopped mid-update can leave behind, and went backwards
+	 * across the write in two of three panics in QEMU.
+	 */
+	t0 = sched_clock();
 	info.crash_time_ns = ktime_get_real_fast_ns();
 	pr_emerg("dumpsaver: writing the dump to %pa (%llu MiB, %s)\n",
 		 &ds.start, ds.size >> 20,
@@ -147,7 +153,7 @@ static int ds_panic(struct notifier_block *nb, unsigned long event, void *msg)
 	memcpy(info.boot_id, ds.boot_id, 16);
 	ds_enc_finish(&e, &info);
 	ds.last_entries = e.nr_entries;
-	ds.last_ns = ktime_get_mono_fast_ns() - t0;
+	ds.last_ns = sched_clock() - t0;
 	pr_emerg("dumpsaver: %llu of %llu pages in %llu KiB in %llu ms%s\n",
 		 e.nr_entries, info.selected, e.pos >> 10,
 		 ds.last_ns / NSEC_PER_MSEC,
