@@ -25,6 +25,7 @@ from scenario import run_scenario
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.figures,  # tools/test.sh deselects these by marker: CI skips nothing
     pytest.mark.skipif(
         os.environ.get("DUMPSAVER_E2E_FIGURES") != "1",
         reason="figures for the docs, one boot each: DUMPSAVER_E2E_FIGURES=1",
