@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import evidence
@@ -110,7 +111,11 @@ def test_installed_from_the_deb(crash: Scenario) -> None:
     assert len((run1 / "catalog").read_text().splitlines()) == len(evidence.DS_EVENTS)
     modes = (run1 / "modes").read_text().split("\n")
     assert modes[0] == "700 root" and modes[1] == "700 root", modes  # dumps are secrets
-    assert "Overall exposure level for dumpsaver.service: 1." in (run1 / "security").read_text()
+    # On the real systemd of the guest, the bound tests/test_nspawn_unit.py checks offline
+    # (2.0 since memmap=!: module loading and the pmem/dax devices, docs/reliability.md).
+    security = (run1 / "security").read_text()
+    m = re.search(r"Overall exposure level for dumpsaver\.service: ([0-9.]+)", security)
+    assert m and float(m.group(1)) <= 2.0, security[-2000:]
 
 
 def test_simulator_wrote_into_reserved_ram(crash: Scenario) -> None:
