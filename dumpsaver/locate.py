@@ -74,15 +74,7 @@ class Candidate:
         )
 
 
-def _read_attr(path: Path, limit: int = 1 << 20) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise DumpsaverError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > limit:
-        raise DumpsaverError(f"{path} is larger than {limit} bytes")
-    return data.decode("ascii", "replace")
+_read_attr = pmem.read_text
 
 
 def _hex(text: str, what: str) -> int:

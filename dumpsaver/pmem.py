@@ -183,16 +183,22 @@ class PmemArea:
         return f"{self.namespace} ({self.mode}) of {self.region} {self.span}, {how}"
 
 
-def read_attr(path: Path) -> str:
-    """A sysfs attribute, stripped; a one-line error for anything unreadable or odd."""
+def read_text(path: Path, limit: int = 1 << 20) -> str:
+    """A small kernel file (sysfs, /proc) as text; a one-line error when unreadable or
+    longer than ``limit`` bytes (sysfs and locate read through it)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(_ATTR_LIMIT + 1)
+            data = f.read(limit + 1)
     except OSError as e:
         raise DumpsaverError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > _ATTR_LIMIT:
-        raise DumpsaverError(f"{path} is longer than {_ATTR_LIMIT} bytes: not a sysfs attribute")
-    text = data.decode("ascii", "replace").strip()
+    if len(data) > limit:
+        raise DumpsaverError(f"{path} is longer than {limit} bytes")
+    return data.decode("ascii", "replace")
+
+
+def read_attr(path: Path) -> str:
+    """A sysfs attribute, stripped; a one-line error for anything unreadable or odd."""
+    text = read_text(path, _ATTR_LIMIT).strip()
     if not text.isprintable():
         raise DumpsaverError(f"{path}: unexpected characters in {text[:40]!r}")
     return text
