@@ -307,36 +307,11 @@ class Dump:
         return data if fmt.page_crc(data) == e.crc else None
 
     def scan(self) -> Scan:
-        """Pass one: check every entry and every stored page's CRC; the runs of good PFNs."""
+        """Pass one: check every entry and every stored page's CRC; the runs of good PFNs.
+        The same walk as :meth:`walk`, its pages dropped."""
         s = Scan()
-        note = s.note_damage
-        view = self._win.view
-        crc32 = zlib.crc32
-        zero_flag = fmt.EntryFlag.ZERO.value
-        runs = s.runs
-        last = -2  # the PFN after the last run's end
-        good = zero = stored = 0
-        for acc in self._accepted(note):
-            for pfn, off, length, crc, flags, _ecrc in acc:
-                if not flags & zero_flag:
-                    try:
-                        ok = crc32(view(off, length)) == crc
-                    except OutsideAreaError:
-                        ok = False
-                    if not ok:
-                        note("page checksum mismatch", pfn)
-                        continue
-                    stored += length
-                else:
-                    zero += 1
-                if pfn == last:
-                    runs[-1] += 1
-                else:
-                    runs.append(pfn)
-                    runs.append(1)
-                last = pfn + 1
-                good += 1
-        s.good, s.zero, s.stored_bytes = good, zero, stored
+        for _batch in self.walk(s):
+            pass
         return s
 
     def walk(self, scan: Scan) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
