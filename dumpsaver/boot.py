@@ -156,25 +156,23 @@ def find_dump(
             if finish_release and (cand.release or cand.pmem):
                 _finish_release(cand, where, notes)
             continue
-        except NoDumpError as e:
-            notes.append(f"{cand.source}: {e.message}")
+        except (NoDumpError, UnverifiedHeaderError) as e:
+            if isinstance(e, NoDumpError):
+                notes.append(f"{cand.source}: {e.message}")
+            elif cand.pmem is None or force:
+                problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
+                continue
+            else:
+                # memmap=! memory holds user pages between crashes: the magic followed
+                # by no header its CRC vouches for is their data, not a dump (the panic
+                # side writes the header last, CRC and all); keeping the range reserved
+                # for it would let any user page hold the memory back at every boot.
+                notes.append(f"{cand.source}: not a dump: the dump magic, then {e.message} "
+                             "(data left in the range by a boot without a crash)")
             if finish_release and cand.pmem is not None and not cand.pmem.given_back \
                     and cand.pmem.device() is not None:
                 # memmap=! memory reserved again with no dump in it (a clean reboot,
-                # stale user pages: the magic decides): back to the system
-                _finish_release(cand, where, notes)
-            continue
-        except UnverifiedHeaderError as e:
-            if cand.pmem is None or force:
-                problem = problem or FormatError(f"{cand.source}: {e.message}", e.hint)
-                continue
-            # memmap=! memory holds user pages between crashes: the magic followed by
-            # no header its CRC vouches for is their data, not a dump (the panic side
-            # writes the header last, CRC and all); keeping the range reserved for it
-            # would let any user page hold the memory back at every boot.
-            notes.append(f"{cand.source}: not a dump: the dump magic, then {e.message} "
-                         "(data left in the range by a boot without a crash)")
-            if finish_release and not cand.pmem.given_back and cand.pmem.device() is not None:
+                # stale user pages): back to the system
                 _finish_release(cand, where, notes)
             continue
         except FormatError as e:
