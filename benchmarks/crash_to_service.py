@@ -22,6 +22,9 @@ kernel command line only, as a user would:
   multi-user.target.
 - ``dumpsaver-kdump``: the same with ``format: kdump`` (dumpsaver's default is ELF; this
   saves kdump-compressed, the format makedumpfile -c writes).
+- ``dumpsaver-continue``: the same with ``restart: continue``: the boot that saved the
+  dump goes on to multi-user.target instead of rebooting (as FreeBSD's savecore and
+  systemd-pstore do; the default stays the clean restart).
 - ``none``: neither reservation, for MemTotal's baseline (one boot, no crash).
 
 Crash to service is timed on the host: every line of the serial console is stamped with
@@ -273,6 +276,8 @@ def scenario(guest: image.GuestImage, work: Path, kind: str, n: int, timeout: fl
     files = {"/e2e/scenario.sh": SCENARIO.replace("@CRASH@", crash), **extra}
     if kind == "dumpsaver-kdump":  # the same, saved kdump-compressed as makedumpfile -c does
         files["/etc/dumpsaver/dumpsaver.yaml"] = "format: kdump\n"
+    if kind == "dumpsaver-continue":  # no restart after the save: boot on to multi-user
+        files["/etc/dumpsaver/dumpsaver.yaml"] = "restart: continue\n"
     img = image.scenario_image(guest, disk, files)
     log(f"{kind} run {n}: booting ({' '.join(cmdline(kind))})")
     run = boot(img, wd, cmdline(kind), timeout)
