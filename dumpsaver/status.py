@@ -14,8 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from dumpsaver import arm, hotplug, pmem, restart, selftest, state
 from dumpsaver.boot import Where
 from dumpsaver.catalogue import saved_dumps
@@ -180,6 +178,8 @@ def saved(dest: Path) -> list[SavedDump]:
 
 def filesystem(path: Path) -> Filesystem | None:
     """Free space and the file system holding ``path`` (None when it does not exist)."""
+    import psutil  # here, not at the top: every save imports this module (10 ms)
+
     try:
         free = psutil.disk_usage(str(path)).free
     except OSError:
@@ -202,6 +202,8 @@ def _utc(seconds: float) -> str:
 
 
 def collect(cfg: Config, where: Where) -> Status:
+    import psutil  # as in filesystem()
+
     out = Status(cfg.source, str(where.dest))
     try:
         cands = where.candidates(cfg)
