@@ -5,12 +5,14 @@ byte, and damage it finds must reach info.json."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from pathlib import Path
 
 import pytest
 
 from dumpsaver import format as fmt
+from dumpsaver.decode import Scan
 from dumpsaver.writers import elf
 
 from .conftest import Sim, entry_paddr, header_of, logical_paddr, save_sim
@@ -58,3 +60,29 @@ def test_damage_found_by_the_child_is_reported(make_sim, tmp_path, monkeypatch) 
     assert str(e.pfn) in info  # damaged_pfns_sample
     (flags,) = struct.unpack_from("<I", (d / "vmcore").read_bytes(), elf.E_FLAGS_OFFSET)
     assert flags & elf.EF_INCOMPLETE
+
+
+@pytest.mark.parametrize(
+    ("env", "cpus", "load", "forks"),
+    [
+        (None, 2, 0.1, True),  # early boot: the load average is near zero
+        (None, 2, 1.5, False),  # no CPU likely free for the child
+        (None, 8, 5.0, True),
+        (None, 1, 0.0, False),
+        ("1", 8, 0.0, False),
+        ("2", 2, 9.0, True),  # forced, whatever the load
+        ("2", 1, 0.0, False),  # never without a second CPU
+    ],
+)
+def test_second_process_by_default_when_a_cpu_is_free(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, cpus: int, load: float, forks: bool
+) -> None:
+    if env is None:
+        monkeypatch.delenv(elf.PROCESSES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(elf.PROCESSES_ENV, env)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    scan = Scan(stored_bytes=elf.PARALLEL_MIN_BYTES)
+    assert elf._parallel(scan) is forks
+    assert elf._parallel(Scan(stored_bytes=elf.PARALLEL_MIN_BYTES - 1)) is False

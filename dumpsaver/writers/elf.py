@@ -178,21 +178,33 @@ class ElfWriter:
 PARALLEL_MIN_BYTES = 8 << 20
 
 
-#: ``DUMPSAVER_ELF_PROCESSES=2`` writes with two processes on 2+ CPUs.  Off by default:
-#: measured side by side on 2026-12-02 it never paid on the shared 2-vCPU VM (0.54-1.06x
-#: of one process, +0.1-0.45 s CPU; docs/performance.md); the benchmark keeps measuring
-#: it for a run on an idle machine to decide.
+#: ``DUMPSAVER_ELF_PROCESSES``: ``1`` always writes with one process, ``2`` with two
+#: whenever 2+ CPUs are ours; unset, two unless the machine is busy (below).  Measured
+#: side by side (docs/performance.md): on an idle 2-CPU VM two processes took
+#: 1/1.34-1/1.59 of one's wall time; on the same VM shared with four busy QEMU guests
+#: (load 5-15) 0.54-1.06x, never a gain: no second CPU was free.
 PROCESSES_ENV = "DUMPSAVER_ELF_PROCESSES"
 
 
 def _parallel(scan: Scan) -> bool:
-    if os.environ.get(PROCESSES_ENV) != "2":
+    """Whether to fork a second writer: 2+ CPUs in our affinity, enough pages to pay
+    for the fork, and (by default) a 1-minute load average below the CPU count minus
+    one, i.e. a CPU likely free for the child.  Early in a boot it is near zero."""
+    want = os.environ.get(PROCESSES_ENV)
+    if want == "1":
         return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return cpus >= 2 and scan.stored_bytes >= PARALLEL_MIN_BYTES
+    if cpus < 2 or scan.stored_bytes < PARALLEL_MIN_BYTES:
+        return False
+    if want == "2":
+        return True
+    try:
+        return os.getloadavg()[0] < cpus - 1
+    except OSError:
+        return False
 
 
 def _split_pfn(scan: Scan) -> int | None:
