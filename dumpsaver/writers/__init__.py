@@ -27,6 +27,44 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += n
 
 
+#: Bytes a writer puts out between two write-behind hints.
+WRITE_BEHIND = 16 << 20
+
+
+class WriteBehind:
+    """Have the kernel write a dump file out while it is still being written, so that
+    the fsync before the release finds little left to do.
+
+    Without it every byte of the file waits for that fsync: a 185 MB ELF core of a
+    1 GiB machine left 160 MB dirty and the fsync took 0.1 s on the development VM's
+    virtio disk (a disk of 150 MB/s would take over a second, after all the CPU work).
+    Python has no ``sync_file_range``; Linux's ``POSIX_FADV_DONTNEED`` starts
+    asynchronous writeback of the range's dirty pages and drops its clean ones (which
+    also keeps a boot's page cache free of the saved dump).  It is only a hint:
+    durability still comes from the fsync, and an error turns the hints off.
+    """
+
+    def __init__(self, fd: int, every: int = WRITE_BEHIND) -> None:
+        self.fd = fd
+        self.every = every
+        self.lo = -1  # the range written since the last hint
+        self.hi = 0
+        self.pending = 0  # bytes written since the last hint
+
+    def wrote(self, offset: int, n: int) -> None:
+        end = offset + n
+        if self.lo < 0 or offset < self.lo:
+            self.lo = offset
+        self.hi = max(self.hi, end)
+        self.pending += n
+        if self.pending >= self.every:
+            try:
+                os.posix_fadvise(self.fd, self.lo, self.hi - self.lo, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                self.every = 1 << 62  # not a file that takes hints: stop asking
+            self.lo, self.hi, self.pending = -1, 0, 0
+
+
 @dataclass
 class Written:
     size: int  # apparent file size

@@ -43,7 +43,7 @@ from dumpsaver import faults
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor, framing_check
 from dumpsaver.decode import WINDOW_SHIFT, Dump, Scan
-from dumpsaver.writers import Progress, Written, pwrite_all
+from dumpsaver.writers import Progress, WriteBehind, Written, pwrite_all
 
 SIGNATURE = b"KDUMP   "
 HEADER_VERSION = 6
@@ -116,9 +116,11 @@ class FileSink:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.behind = WriteBehind(fd)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         pwrite_all(self.fd, data, offset)
+        self.behind.wrote(offset, len(data))
 
     def write_vec_at(self, offset: int, pieces: list[bytes | memoryview]) -> None:
         """pwritev the pieces one after the other from ``offset`` (no joining copy)."""
@@ -128,6 +130,7 @@ class FileSink:
             n = os.pwritev(self.fd, part, offset)
             if n < want:  # a short write (rare on a file): the rest one piece at a time
                 pwrite_all(self.fd, memoryview(b"".join(part))[n:], offset + n)
+            self.behind.wrote(offset, want)
             offset += want
 
 
