@@ -27,6 +27,8 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += n
 
 
+IOV_MAX = 1024  # pieces per pwritev (Linux's UIO_MAXIOV)
+
 #: Bytes a writer puts out between two write-behind hints.
 WRITE_BEHIND = 16 << 20
 
@@ -63,6 +65,30 @@ class WriteBehind:
             except OSError:
                 self.every = 1 << 62  # not a file that takes hints: stop asking
             self.lo, self.hi, self.pending = -1, 0, 0
+
+
+class FileSink:
+    """A dump file being written: pwrite at any offset, with write-behind hints for
+    what was written (one per process: a forked writer makes its own)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.behind = WriteBehind(fd)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        pwrite_all(self.fd, data, offset)
+        self.behind.wrote(offset, len(data))
+
+    def write_vec_at(self, offset: int, pieces: list[bytes | memoryview]) -> None:
+        """pwritev the pieces one after the other from ``offset`` (no joining copy)."""
+        for i in range(0, len(pieces), IOV_MAX):
+            part = pieces[i : i + IOV_MAX]
+            want = sum(len(x) for x in part)
+            n = os.pwritev(self.fd, part, offset)
+            if n < want:  # a short write (rare on a file): the rest one piece at a time
+                pwrite_all(self.fd, memoryview(b"".join(part))[n:], offset + n)
+            self.behind.wrote(offset, want)
+            offset += want
 
 
 @dataclass

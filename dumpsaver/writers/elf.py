@@ -20,7 +20,7 @@ from typing import Any
 from dumpsaver import elfnote as E
 from dumpsaver import faults
 from dumpsaver.decode import Dump, Scan
-from dumpsaver.writers import Progress, WriteBehind, Written, pwrite_all
+from dumpsaver.writers import FileSink, Progress, Written, pwrite_all
 
 DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR, 4-level paging
 DIRECT_MAP_L5 = 0xFF11000000000000  # the same with 5-level paging
@@ -226,12 +226,7 @@ def _write_pages(
     ps = dump.header.page_size
     buf = bytearray()
     buf_at = data_off
-    behind = WriteBehind(fd)  # each process its own: hints for the pages it wrote
-
-    def put(data: bytearray, at: int) -> None:
-        pwrite_all(fd, data, at)
-        behind.wrote(at, len(data))
-
+    sink = FileSink(fd)  # this process's own: its write-behind hints cover its pages
     runs = scan.iter_runs()
     run_first, run_count = next(runs, (0, 0))
     base = data_off  # file offset of the current run (segments follow each other)
@@ -247,25 +242,25 @@ def _write_pages(
         at = base + (pfn - run_first) * ps
         if page is None:  # zero page: leave a hole
             if buf:
-                put(buf, buf_at)
+                sink.write_at(buf_at, buf)
                 buf = bytearray()
             buf_at = at + ps
         else:
             if at != buf_at + len(buf):
                 if buf:
-                    put(buf, buf_at)
+                    sink.write_at(buf_at, buf)
                     buf = bytearray()
                 buf_at = at
             buf += page
             if len(buf) >= FLUSH:
-                put(buf, buf_at)
+                sink.write_at(buf_at, buf)
                 buf_at += len(buf)
                 buf = bytearray()
         done += 1
         if progress is not None and done % 4096 == 0:
             progress(min(total_pages, int(done / share)), total_pages)
     if buf:
-        put(buf, buf_at)
+        sink.write_at(buf_at, buf)
     return done
 
 

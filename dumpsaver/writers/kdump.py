@@ -43,7 +43,7 @@ from dumpsaver import faults
 from dumpsaver import format as fmt
 from dumpsaver.codecs import Codec, CodecError, Decompressor, decompressor, framing_check
 from dumpsaver.decode import WINDOW_SHIFT, Dump, Scan
-from dumpsaver.writers import Progress, WriteBehind, Written, pwrite_all
+from dumpsaver.writers import FileSink, Progress, Written
 
 SIGNATURE = b"KDUMP   "
 HEADER_VERSION = 6
@@ -98,7 +98,6 @@ PASSTHROUGH = {Codec.ZLIB: DH.COMPRESSED_ZLIB, Codec.ZSTD: DH.COMPRESSED_ZSTD}
 #: ``makedumpfile -d N`` without -c does: on the machines measured, zlib at level 1
 #: costs several times more CPU than writing the bigger file takes (docs/performance.md).
 
-IOV_MAX = 1024  # pieces per pwritev (Linux's UIO_MAXIOV)
 DESC_BATCH = 8192  # page_desc entries per write (192 KiB)
 DATA_FLUSH = 4 << 20
 BITMAP_CHUNK = 1 << 20
@@ -109,29 +108,6 @@ class Sink(Protocol):
     """Where the file goes: ``write_at`` may be called at any offset, in any order."""
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
-
-
-class FileSink:
-    """A regular file: pwrite at the offset."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.behind = WriteBehind(fd)
-
-    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        pwrite_all(self.fd, data, offset)
-        self.behind.wrote(offset, len(data))
-
-    def write_vec_at(self, offset: int, pieces: list[bytes | memoryview]) -> None:
-        """pwritev the pieces one after the other from ``offset`` (no joining copy)."""
-        for i in range(0, len(pieces), IOV_MAX):
-            part = pieces[i : i + IOV_MAX]
-            want = sum(len(x) for x in part)
-            n = os.pwritev(self.fd, part, offset)
-            if n < want:  # a short write (rare on a file): the rest one piece at a time
-                pwrite_all(self.fd, memoryview(b"".join(part))[n:], offset + n)
-            self.behind.wrote(offset, want)
-            offset += want
 
 
 def pwritev_at(sink: Sink, offset: int, pieces: list[bytes | memoryview]) -> None:
