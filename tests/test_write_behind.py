@@ -4,6 +4,7 @@ still being written (dumpsaver.writers.WriteBehind)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_hints_cover_what_was_written_since_the_last(tmp_path: Path,
     calls = _recorded(monkeypatch)
     fd = os.open(tmp_path / "core", os.O_WRONLY | os.O_CREAT)
     try:
-        wb = WriteBehind(fd, every=1 << 20)
+        wb = WriteBehind(fd, every=1 << 20, background=False)
         chunk = bytes(256 << 10)
         at = 8192
         for _ in range(4):  # 1 MiB ascending from 8 KiB: one hint for exactly that
@@ -57,10 +58,39 @@ def test_hints_leave_the_file_as_written(tmp_path: Path) -> None:
         for off in range(0, len(data), 128 << 10):
             os.pwrite(fd, data[off : off + (128 << 10)], off)
             wb.wrote(off, 128 << 10)
+        wb.close()
         os.fsync(fd)
     finally:
         os.close(fd)
     assert path.read_bytes() == data
+
+
+def test_background_hints_come_from_another_thread(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the hints are given by a thread of their own (the call can wait for
+    the disk's queue); close() waits for every one asked for, and they are the same."""
+    threads: list[str] = []
+    calls = _recorded(monkeypatch)
+    recorded = os.posix_fadvise
+
+    def which(fd: int, offset: int, length: int, advice: int) -> None:
+        threads.append(threading.current_thread().name)
+        recorded(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", which)
+    fd = os.open(tmp_path / "core", os.O_WRONLY | os.O_CREAT)
+    try:
+        wb = WriteBehind(fd, every=64 << 10)
+        chunk = bytes(32 << 10)
+        for i in range(8):
+            os.pwrite(fd, chunk, i * len(chunk))
+            wb.wrote(i * len(chunk), len(chunk))
+        wb.close()
+        assert calls == [(fd, i * (64 << 10), 64 << 10, os.POSIX_FADV_DONTNEED) for i in range(4)]
+        assert threads and threading.current_thread().name not in threads
+        assert not any(t.name == "write-behind" for t in threading.enumerate())
+    finally:
+        os.close(fd)
 
 
 def test_a_pipe_turns_the_hints_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +98,7 @@ def test_a_pipe_turns_the_hints_off(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _recorded(monkeypatch)
     r, w = os.pipe()
     try:
-        wb = WriteBehind(w, every=10)
+        wb = WriteBehind(w, every=10, background=False)
         wb.wrote(0, 10)
         wb.wrote(10, 10)
         wb.wrote(20, 10)

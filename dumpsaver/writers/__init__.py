@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,14 +46,22 @@ class WriteBehind:
     asynchronous writeback of the range's dirty pages and drops its clean ones (which
     also keeps a boot's page cache free of the saved dump).  It is only a hint:
     durability still comes from the fsync, and an error turns the hints off.
+
+    The call itself can wait: starting writeback blocks while the disk's queue is
+    full (0.04-0.07 s in 4 calls per half of an ELF save, of which 0.01-0.015 s CPU).
+    So with ``background`` a thread of its own makes the calls (posix_fadvise lets the
+    GIL go), and the writer goes on decompressing; ``close`` waits for the last one.
     """
 
-    def __init__(self, fd: int, every: int = WRITE_BEHIND) -> None:
+    def __init__(self, fd: int, every: int = WRITE_BEHIND, background: bool = True) -> None:
         self.fd = fd
         self.every = every
+        self.background = background
         self.lo = -1  # the range written since the last hint
         self.hi = 0
         self.pending = 0  # bytes written since the last hint
+        self._queue: queue.SimpleQueue[tuple[int, int] | None] | None = None
+        self._thread: threading.Thread | None = None
 
     def wrote(self, offset: int, n: int) -> None:
         end = offset + n
@@ -60,11 +70,40 @@ class WriteBehind:
         self.hi = max(self.hi, end)
         self.pending += n
         if self.pending >= self.every:
-            try:
-                os.posix_fadvise(self.fd, self.lo, self.hi - self.lo, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                self.every = 1 << 62  # not a file that takes hints: stop asking
+            if not self.background:
+                self._hint(self.lo, self.hi - self.lo)
+            else:
+                if self._queue is None:
+                    self._queue = queue.SimpleQueue()
+                    self._thread = threading.Thread(target=self._run, name="write-behind",
+                                                    daemon=True)
+                    self._thread.start()
+                self._queue.put((self.lo, self.hi - self.lo))
             self.lo, self.hi, self.pending = -1, 0, 0
+
+    def _hint(self, offset: int, length: int) -> None:
+        if self.every >= NEVER:
+            return
+        try:
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            self.every = NEVER  # not a file that takes hints: stop asking
+
+    def _run(self) -> None:
+        q = self._queue
+        assert q is not None
+        while (item := q.get()) is not None:
+            self._hint(*item)
+
+    def close(self) -> None:
+        """Wait for the hints given so far (before the fd is closed or reused)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+
+
+NEVER = 1 << 62  # WriteBehind.every once hints have failed
 
 
 class FileSink:
@@ -74,6 +113,16 @@ class FileSink:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.behind = WriteBehind(fd)
+
+    def close(self) -> None:
+        """Wait for the write-behind hints still being given (the data is written)."""
+        self.behind.close()
+
+    def __enter__(self) -> FileSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         pwrite_all(self.fd, data, offset)

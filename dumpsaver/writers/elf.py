@@ -226,41 +226,42 @@ def _write_pages(
     ps = dump.header.page_size
     buf = bytearray()
     buf_at = data_off
-    sink = FileSink(fd)  # this process's own: its write-behind hints cover its pages
-    runs = scan.iter_runs()
-    run_first, run_count = next(runs, (0, 0))
-    base = data_off  # file offset of the current run (segments follow each other)
-    done = 0
-    total_pages = scan.good
-    pages = dump.pages(scan) if lo == 0 and hi is None else dump.pages(scan, lo, hi)
-    for pfn, page in pages:
-        if kill_in_loop:
-            faults.checkpoint("write-page")
-        while pfn >= run_first + run_count:
-            base += run_count * ps
-            run_first, run_count = next(runs)
-        at = base + (pfn - run_first) * ps
-        if page is None:  # zero page: leave a hole
-            if buf:
-                sink.write_at(buf_at, buf)
-                buf = bytearray()
-            buf_at = at + ps
-        else:
-            if at != buf_at + len(buf):
+    # This process's own sink: its write-behind hints cover its pages.
+    with FileSink(fd) as sink:
+        runs = scan.iter_runs()
+        run_first, run_count = next(runs, (0, 0))
+        base = data_off  # file offset of the current run (segments follow each other)
+        done = 0
+        total_pages = scan.good
+        pages = dump.pages(scan) if lo == 0 and hi is None else dump.pages(scan, lo, hi)
+        for pfn, page in pages:
+            if kill_in_loop:
+                faults.checkpoint("write-page")
+            while pfn >= run_first + run_count:
+                base += run_count * ps
+                run_first, run_count = next(runs)
+            at = base + (pfn - run_first) * ps
+            if page is None:  # zero page: leave a hole
                 if buf:
                     sink.write_at(buf_at, buf)
                     buf = bytearray()
-                buf_at = at
-            buf += page
-            if len(buf) >= FLUSH:
-                sink.write_at(buf_at, buf)
-                buf_at += len(buf)
-                buf = bytearray()
-        done += 1
-        if progress is not None and done % 4096 == 0:
-            progress(min(total_pages, int(done / share)), total_pages)
-    if buf:
-        sink.write_at(buf_at, buf)
+                buf_at = at + ps
+            else:
+                if at != buf_at + len(buf):
+                    if buf:
+                        sink.write_at(buf_at, buf)
+                        buf = bytearray()
+                    buf_at = at
+                buf += page
+                if len(buf) >= FLUSH:
+                    sink.write_at(buf_at, buf)
+                    buf_at += len(buf)
+                    buf = bytearray()
+            done += 1
+            if progress is not None and done % 4096 == 0:
+                progress(min(total_pages, int(done / share)), total_pages)
+        if buf:
+            sink.write_at(buf_at, buf)
     return done
 
 

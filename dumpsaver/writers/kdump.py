@@ -462,6 +462,7 @@ class KdumpWriter:
         return Layout(dump, scan).max_size
 
     def write(self, fd: int, dump: Dump, scan: Scan, progress: Progress | None) -> Written:
-        written, _status = write_kdump(FileSink(fd), dump, scan, progress)
+        with FileSink(fd) as sink:
+            written, _status = write_kdump(sink, dump, scan, progress)
         os.ftruncate(fd, written.size)
         return written
