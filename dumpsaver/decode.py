@@ -22,6 +22,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import json
 import uuid
 import zlib
 from array import array
@@ -37,6 +38,8 @@ from dumpsaver.physmem import LogicalStream, PhysMem
 WINDOW_SHIFT = 18  # 256 KiB: as few re-reads as 1 MiB windows on a busy machine, 1/4 the RSS
 WINDOW = 1 << WINDOW_SHIFT
 RAW_BATCH = 1024  # pages per list from Dump.stored_raw
+LOOKAHEAD = 64  # entries read at a time after a part, to decide its last ones
+SAMPLE = 64  # damaged PFNs named in a report
 
 
 class _Windows:
@@ -77,6 +80,19 @@ class _Windows:
         return w[o : o + length]
 
 
+@dataclass(frozen=True)
+class Part:
+    """A share of the directory for one process: entries [start, stop), and ``prev``, the
+    PFN of the last entry accepted before ``start`` (-1: none), against which the order
+    rule judges the first of them.  Given the right ``prev``, a part is decided exactly
+    as the whole directory decides it: a decision depends only on ``prev`` and on the
+    entries after it (those after ``stop`` are read as lookahead, never decided)."""
+
+    start: int
+    stop: int
+    prev: int = -1
+
+
 @dataclass
 class Scan:
     """What pass one found.  ``runs`` holds (first_pfn, count) pairs, flattened."""
@@ -86,10 +102,16 @@ class Scan:
     zero: int = 0
     stored_bytes: int = 0
     damaged: collections.Counter[str] = field(default_factory=collections.Counter)
-    damaged_pfns: list[int] = field(default_factory=list)  # first few, for the report
+    damaged_pfns: list[int] = field(default_factory=list)  # the lowest few, for the report
     #: False while the scan is being filled by a one-pass writer (``Dump.walk``): its
     #: runs and counts are not known before the pages are written.
     done: bool = True
+    #: The PFN of the last entry the order rule accepted (its page may have been
+    #: damaged), -1 for none: the ``prev`` of the part after this one.
+    last_accepted: int = -1
+    #: The parts pass one was split into between processes, each with its right
+    #: ``prev``: pass two can split the same way.  Empty: one process scanned it all.
+    parts: tuple[Part, ...] = ()
 
     @property
     def nr_damaged(self) -> int:
@@ -111,8 +133,61 @@ class Scan:
 
     def note_damage(self, what: str, pfn: int | None) -> None:
         self.damaged[what] += 1
-        if pfn is not None and len(self.damaged_pfns) < 64:
-            self.damaged_pfns.append(pfn)
+        if pfn is not None:
+            self.note_pfn(pfn)
+
+    def note_pfn(self, pfn: int) -> None:
+        """Keep ``pfn`` in the sample if it is among the SAMPLE lowest damaged PFNs: the
+        same sample whatever order the damage was found in (by one process or two)."""
+        d = self.damaged_pfns
+        if len(d) >= SAMPLE and pfn >= d[-1]:
+            return
+        i = bisect.bisect_left(d, pfn)
+        if i < len(d) and d[i] == pfn:
+            return
+        d.insert(i, pfn)
+        del d[SAMPLE:]
+
+    def extend(self, after: Scan) -> None:
+        """Add the scan of the part after this one's (as one scan of both would be)."""
+        r, o = self.runs, after.runs
+        if r and o and r[-2] + r[-1] == o[0]:
+            r[-1] += o[1]
+            r.extend(o[2:])
+        else:
+            r.extend(o)
+        self.good += after.good
+        self.zero += after.zero
+        self.stored_bytes += after.stored_bytes
+        self.damaged.update(after.damaged)
+        for pfn in after.damaged_pfns:
+            self.note_pfn(pfn)
+        self.last_accepted = after.last_accepted
+
+    def to_bytes(self) -> bytes:
+        """The scan as bytes (for a forked scanner to hand its part back)."""
+        head = json.dumps({"good": self.good, "zero": self.zero, "stored": self.stored_bytes,
+                           "damaged": dict(self.damaged), "pfns": self.damaged_pfns,
+                           "last": self.last_accepted}).encode()  # fmt: skip
+        return len(head).to_bytes(8, "little") + head + self.runs.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Scan:
+        n = int.from_bytes(data[:8], "little")
+        head = json.loads(data[8 : 8 + n])
+        s = cls(good=head["good"], zero=head["zero"], stored_bytes=head["stored"],
+                damaged=collections.Counter(head["damaged"]), damaged_pfns=head["pfns"],
+                last_accepted=head["last"])  # fmt: skip
+        s.runs.frombytes(data[8 + n :])
+        return s
+
+
+def run_at(runs: array[int], pfn: int, first: int = 0) -> int:
+    """The index (in pairs) of the last run of ``runs`` that starts at or below ``pfn``,
+    from run ``first`` on (``first`` when none does)."""
+    n = len(runs) // 2
+    k = bisect.bisect_right(range(first, n), pfn, key=lambda i: runs[2 * i])
+    return first + max(k - 1, 0)
 
 
 class Dump:
@@ -170,9 +245,12 @@ class Dump:
     def dump_id(self) -> uuid.UUID:
         return self.header.dump_id
 
-    def _accepted(self, note: Callable[[str, int | None], None] | None) -> Iterator[list[RawEntry]]:
+    def _accepted(
+        self, note: Callable[[str, int | None], None] | None, part: Part | None = None
+    ) -> Iterator[list[RawEntry]]:
         """The directory's accepted entries, checked, ascending, in lists (one or so per
         chunk of the directory); ``note(reason, pfn)`` hears of every rejected one.
+        Only those of ``part`` when given (the entries after it are read as lookahead).
 
         An entry's PFN must be above the last accepted one, and below at least one of
         the next two plausible PFNs: those of the next CRC-valid entries that are above
@@ -187,7 +265,10 @@ class Dump:
         """
         h = self.header
         order = fmt.EntryProblem.ORDER
-        prev = -1
+        if part is None:
+            part = Part(0, h.nr_entries)
+        prev = part.prev
+        stop = min(part.stop, h.nr_entries)
         end = h.mem_pages
         # Entries waiting for the PFNs after them: (entry or None when its CRC failed,
         # problem); ``valid`` of them passed their CRC.
@@ -222,7 +303,34 @@ class Dump:
             if note is not None and problem is not None:
                 note(problem.value, None)
 
-        for chunk in fmt.iter_entries_raw(h, self.stream.read):
+        own = 0  # entries of ours in ``pend`` (those after the part are only looked at)
+
+        def push(e: RawEntry, problem: fmt.EntryProblem | None, ours: bool) -> None:
+            """One more entry read: decide those of ours that now have enough after them."""
+            nonlocal valid, own
+            if problem is fmt.EntryProblem.ENTRY_CRC:
+                if not pend:
+                    rejected(problem)
+                else:
+                    pend.append((None, problem))
+                    own += ours
+                return
+            pend.append((e, problem))
+            valid += 1
+            own += ours
+            while valid > 3 and own:
+                x, p = pend.popleft()
+                own -= 1
+                if x is None:
+                    rejected(p)
+                    continue
+                valid -= 1
+                decide(x, p)
+                while own and pend[0][0] is None:
+                    rejected(pend.popleft()[1])
+                    own -= 1
+
+        for chunk in fmt.iter_entries_raw(h, self.stream.read, start=part.start, stop=stop):
             ents, problems = fmt.check_entries(chunk, h)
             if problems is None and all(p is None and e is not None for e, p in pend):
                 seq = [e for e, _p in pend if e is not None]
@@ -233,35 +341,31 @@ class Dump:
                         out.extend(seq[:keep])
                         prev = seq[keep - 1][0]
                     pend = collections.deque((e, None) for e in seq[keep:])
-                    valid = len(pend)
+                    valid = own = len(pend)
                     if out:
                         yield out
                         out = []
                     continue
             for i, e in enumerate(ents):
-                problem = problems[i] if problems is not None else None
-                if problem is fmt.EntryProblem.ENTRY_CRC:
-                    if not pend:
-                        rejected(problem)
-                    else:
-                        pend.append((None, problem))
-                    continue
-                pend.append((e, problem))
-                valid += 1
-                while valid > 3:
-                    x, p = pend.popleft()
-                    if x is None:
-                        rejected(p)
-                        continue
-                    valid -= 1
-                    decide(x, p)
-                    while pend and pend[0][0] is None:
-                        rejected(pend.popleft()[1])
+                push(e, problems[i] if problems is not None else None, True)
             if out:
                 yield out
                 out = []
-        while pend:
+        # What is left of ours waits for the next plausible PFNs: those of the entries
+        # after the part when there are any (read here, never decided), as when the
+        # whole directory is read.
+        if own and stop < h.nr_entries:
+            for chunk in fmt.iter_entries_raw(h, self.stream.read, LOOKAHEAD, start=stop):
+                ents, problems = fmt.check_entries(chunk, h)
+                for i, e in enumerate(ents):
+                    push(e, problems[i] if problems is not None else None, False)
+                    if not own:
+                        break
+                if not own:
+                    break
+        while own:  # the directory ended: judged with what follows, if anything
             x, p = pend.popleft()
+            own -= 1
             if x is None:
                 rejected(p)
             else:
@@ -306,20 +410,38 @@ class Dump:
             return None
         return data if fmt.page_crc(data) == e.crc else None
 
-    def scan(self) -> Scan:
+    def scan(self, part: Part | None = None, into: Scan | None = None) -> Scan:
         """Pass one: check every entry and every stored page's CRC; the runs of good PFNs.
-        The same walk as :meth:`walk`, its pages dropped."""
-        s = Scan()
-        for _batch in self.walk(s):
+        The same walk as :meth:`walk`, its pages dropped.  Only ``part``'s entries when
+        given, added to ``into`` when given (the scan of the parts before)."""
+        s = Scan() if into is None else into
+        for _batch in self.walk(s, part):
             pass
         return s
 
-    def walk(self, scan: Scan) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
+    def guess_prev(self, start: int) -> int:
+        """The PFN of the last entry before ``start`` that passes its own checks (-1: none
+        among the 64 before it): what the order rule's ``prev`` at ``start`` will be
+        unless that entry is out of order, for a part scanned before the one ahead of
+        it is done.  The guess is checked against the real one (Scan.last_accepted)."""
+        h = self.header
+        first = max(0, start - LOOKAHEAD)
+        for chunk in fmt.iter_entries_raw(h, self.stream.read, start=first, stop=start):
+            ents, problems = fmt.check_entries(chunk, h)
+            for i in reversed(range(len(ents))):
+                if problems is None or problems[i] is None:
+                    return ents[i][0]
+        return -1
+
+    def walk(
+        self, scan: Scan, part: Part | None = None
+    ) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
         """Pass one and pass two in one: every checked page, ascending, in lists, filling
         ``scan`` (runs, counts, damage) as it goes; for a writer whose layout does not
         depend on which pages are good before it writes them (kdump's).  Each page's CRC
         is checked on the very bytes yielded (views into the read cache, empty for a zero
-        page); a page that fails it is damaged and left out, as in ``scan``."""
+        page); a page that fails it is damaged and left out, as in ``scan``.  Only the
+        entries of ``part`` when given."""
         note = scan.note_damage
         win = self._win
         view = win.view
@@ -332,7 +454,10 @@ class Dump:
         # class lie back to back, so most pages are in the window before them.
         w_first, w_base, w_len, w_buf = -1, 0, 0, empty
         good = zero = stored = 0  # added to scan's counts before each batch goes out
-        for acc in self._accepted(note):
+        if part is not None:
+            scan.last_accepted = part.prev
+        for acc in self._accepted(note, part):
+            scan.last_accepted = acc[-1][0]
             batch: list[tuple[RawEntry, memoryview | None]] = []
             for e in acc:
                 pfn, flags = e[0], e[4]
@@ -381,37 +506,31 @@ class Dump:
         scan.done = True
 
     def stored_raw(
-        self, scan: Scan, lo: int = 0, hi: int | None = None
+        self, scan: Scan, part: Part | None = None
     ) -> Iterator[list[tuple[RawEntry, memoryview | None]]]:
         """Pass two: (entry, stored bytes) for every PFN in ``scan.runs``, ascending, in
         lists.  The bytes are a view into the read cache (valid while it is held), empty
         for a zero page, and None when a page that passed pass one fails its CRC now
         (memory changed under us: counted as damaged).  Writers that copy compressed pages
         unchanged use this directly: they copy the very bytes that were checked.
-        Only PFNs in [lo, hi) when given (a writer's share of the pages)."""
+        Only the entries of ``part`` when given (a writer's share of the pages)."""
         runs = scan.runs
         nruns = len(runs)
         ri = 0
         if not nruns:
             return
-        first_pfn = lo
-        stop_pfn = (1 << 64) if hi is None else hi
         lo, hi = runs[0], runs[0] + runs[1]
         view = self._win.view
         crc32 = zlib.crc32
         zero_flag = fmt.EntryFlag.ZERO.value
         empty = memoryview(b"")
-        for acc in self._accepted(None):
+        for acc in self._accepted(None, part):
             batch: list[tuple[RawEntry, memoryview | None]] = []
-            if acc[-1][0] < first_pfn:
-                continue
-            if acc[0][0] < first_pfn:
-                acc = acc[bisect.bisect_left(acc, first_pfn, key=lambda e: e[0]) :]
+            if acc[0][0] >= hi:  # (a part's first list) skip the runs before it at once
+                ri = 2 * run_at(runs, acc[0][0], ri // 2)
+                lo, hi = runs[ri], runs[ri] + runs[ri + 1]
             for e in acc:
                 pfn = e[0]
-                if pfn >= stop_pfn:
-                    ri = nruns
-                    break
                 if pfn >= hi:
                     while pfn >= hi:
                         ri += 2
@@ -449,11 +568,9 @@ class Dump:
             for e, data in batch:
                 yield fmt.Entry(*e[:5]), (bytes(data) if data is not None else None)
 
-    def pages(
-        self, scan: Scan, lo: int = 0, hi: int | None = None
-    ) -> Iterator[tuple[int, bytes | None]]:
-        """Yield (pfn, page) for every PFN in ``scan.runs`` (in [lo, hi) when given); page
-        is None for a zero page.
+    def pages(self, scan: Scan, part: Part | None = None) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (pfn, page) for every PFN in ``scan.runs`` (of ``part``'s entries when
+        given); page is None for a zero page.
 
         A page that cannot be decompressed (or changed since pass one) is yielded
         as zeros and counted in ``scan``: the layout was fixed by pass one.
@@ -462,7 +579,7 @@ class Dump:
         decompress = decompressor(h.codec, h.page_size)
         zero = bytes(h.page_size)
         zero_flag, raw_flag = fmt.EntryFlag.ZERO.value, fmt.EntryFlag.RAW.value
-        for batch in self.stored_raw(scan, lo, hi):
+        for batch in self.stored_raw(scan, part):
             for e, data in batch:
                 flags = e[4]
                 if data is None:

@@ -487,10 +487,14 @@ def page_crc(stored: bytes | memoryview) -> int:
     return _crc(stored)
 
 
-def iter_entries_raw(h: Header, read: ReadFn, chunk_entries: int = 8192) -> Iterator[bytes]:
-    """Yield the directory in chunks of at most ``chunk_entries`` entries (bounded memory)."""
-    done = 0
-    while done < h.nr_entries:
-        n = min(chunk_entries, h.nr_entries - done)
+def iter_entries_raw(
+    h: Header, read: ReadFn, chunk_entries: int = 8192, start: int = 0, stop: int | None = None
+) -> Iterator[bytes]:
+    """Yield the directory's entries [start, stop) in chunks of at most ``chunk_entries``
+    entries (bounded memory)."""
+    done = start
+    end = h.nr_entries if stop is None else min(stop, h.nr_entries)
+    while done < end:
+        n = min(chunk_entries, end - done)
         yield read(h.dir_offset + done * ENTRY.size, n * ENTRY.size)
         done += n

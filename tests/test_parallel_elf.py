@@ -1,10 +1,12 @@
-"""The ELF writer's second process: a forked child writes the upper half of the pages
-(dumpsaver.writers.elf._write_split).  Its file must be the one process's file byte for
-byte, and damage it finds must reach info.json."""
+"""The ELF writer's second process: a forked child scans the upper half of the directory
+(dumpsaver.writers.elf._scan_split), then a forked child writes its pages
+(_write_split).  The file must be the one process's file byte for byte, whatever the
+child guessed or however it failed, and damage it finds must reach info.json."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import struct
 from pathlib import Path
@@ -12,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from dumpsaver import format as fmt
-from dumpsaver.decode import Scan
+from dumpsaver.decode import Dump, Part, Scan
 from dumpsaver.writers import elf
 
 from .conftest import Sim, entry_paddr, header_of, logical_paddr, save_sim
+from .reliability.crafted import Crafted
 from .test_badinput import poke, read_entry
 
 
@@ -41,6 +44,59 @@ def test_forked_writer_writes_the_same_file(make_sim, tmp_path, monkeypatch) -> 
     one = _save(sim, tmp_path / "one", monkeypatch, forked=False)
     two = _save(sim, tmp_path / "two", monkeypatch, forked=True)
     assert (one / "vmcore").read_bytes() == (two / "vmcore").read_bytes()
+
+
+def _one_and_two(sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    one = _save(sim, tmp_path / "one", monkeypatch, forked=False)
+    two = _save(sim, tmp_path / "two", monkeypatch, forked=True)
+    assert (one / "vmcore").read_bytes() == (two / "vmcore").read_bytes()
+    return one, two
+
+
+def test_a_wrong_guess_is_scanned_again(make_sim, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The child judged its first entries against a PFN the parent did not accept last:
+    the parent scans the upper half again from the right one."""
+    sim = make_sim(memory=16 << 20, profile="busy", seed=21)
+    rescans: list[Part] = []
+    real_scan = Dump.scan
+
+    def scan(self: Dump, part: Part | None = None, into: Scan | None = None) -> Scan:
+        if into is not None:
+            rescans.append(part)  # type: ignore[arg-type]
+        return real_scan(self, part, into)
+
+    monkeypatch.setattr(Dump, "scan", scan)
+    monkeypatch.setattr(Dump, "guess_prev", lambda self, start: 0)
+    _one_and_two(sim, tmp_path, monkeypatch)
+    assert len(rescans) == 1 and rescans[0].start > 0
+
+
+def test_a_failed_scanner_is_replaced(make_sim, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sim = make_sim(memory=16 << 20, profile="busy", seed=21)
+
+    def fail(self: Scan) -> bytes:
+        raise MemoryError("in the child")
+
+    monkeypatch.setattr(Scan, "to_bytes", fail)
+    _one_and_two(sim, tmp_path, monkeypatch)
+
+
+def test_damage_at_the_middle(make_sim, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An entry out of order just before the cut (the child's guess is wrong), another
+    just after it, a page that fails its CRC in each half: the same file and report."""
+    sim = make_sim(memory=16 << 20, profile="busy", seed=21)
+    c = Crafted(sim)
+    mid = len(c.entries) // 2
+    c.set_entry(mid - 1, pfn=c.entries[mid + 5].pfn)  # far ahead of its neighbours
+    c.set_entry(mid + 1, pfn=0)
+    for k in (mid // 2, mid + mid // 2):
+        i = next(i for i in range(k, len(c.entries)) if not c.entries[i].zero)
+        c.set_entry(i, crc=c.entries[i].crc ^ 1)
+    one, two = _one_and_two(sim, tmp_path, monkeypatch)
+    a = json.loads((one / "info.json").read_text())
+    b = json.loads((two / "info.json").read_text())
+    assert a["damage"] == b["damage"] and sum(a["damage"].values()) == 4
+    assert a["damaged_pfns_sample"] == b["damaged_pfns_sample"]
 
 
 def test_damage_found_by_the_child_is_reported(make_sim, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -83,6 +139,5 @@ def test_second_process_by_default_when_a_cpu_is_free(
         monkeypatch.setenv(elf.PROCESSES_ENV, env)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    scan = Scan(stored_bytes=elf.PARALLEL_MIN_BYTES)
-    assert elf._parallel(scan) is forks
-    assert elf._parallel(Scan(stored_bytes=elf.PARALLEL_MIN_BYTES - 1)) is False
+    assert elf._parallel(elf.PARALLEL_MIN_BYTES) is forks
+    assert elf._parallel(elf.PARALLEL_MIN_BYTES - 1) is False

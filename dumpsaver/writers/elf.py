@@ -14,12 +14,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
-from typing import Any
 
 from dumpsaver import elfnote as E
 from dumpsaver import faults
-from dumpsaver.decode import Dump, Scan
+from dumpsaver.decode import Dump, Part, Scan, run_at
+from dumpsaver.forked import Child, ChildFailed
 from dumpsaver.writers import FileSink, Progress, Written, pwrite_all
 
 DIRECT_MAP = 0xFFFF888000000000  # x86_64 __PAGE_OFFSET without KASLR, 4-level paging
@@ -104,8 +103,11 @@ class ElfWriter:
     filename = "vmcore"
 
     def prepare(self, dump: Dump) -> Scan:
-        """Pass one: the segments are the runs of good pages."""
-        return dump.scan()
+        """Pass one: the segments are the runs of good pages.  On two CPUs a forked child
+        scans the upper half of the directory while this process scans the lower."""
+        if not _parallel(dump.header.data_bytes):
+            return dump.scan()
+        return _scan_split(dump)
 
     def estimate(self, dump: Dump, scan: Scan) -> int:
         _phnum, data_off, _notes = _layout(dump, scan)
@@ -155,17 +157,17 @@ class ElfWriter:
         pwrite_all(fd, bytes(phdrs) + notes + shdr0, phdrs_at)
 
         # Pass two: pages arrive in ascending PFN order, so file writes are sequential.
-        # On two or more CPUs, a forked child writes the upper half of the pages while
-        # this process writes the lower half: every page's file offset is fixed by pass
-        # one, so no page crosses between them, only the child's damage counts.
+        # When pass one was split between two processes, so is pass two, the same way:
+        # a forked child writes the pages of the upper half of the directory while this
+        # process writes the lower half's.  Every page's file offset is fixed by pass
+        # one, so no page crosses between them; only the child's damage counts.
         # Fault injection for the interruption tests (dumpsaver.faults) counts the pages
         # of one process: then there is one.
         kill_in_loop = faults.armed("write-page")
-        split = _split_pfn(scan) if not kill_in_loop and _parallel(scan) else None
-        if split is None:
-            done = _write_pages(fd, dump, scan, data_off, 0, None, progress, kill_in_loop)
+        if kill_in_loop or len(scan.parts) != 2:
+            done = _write_pages(fd, dump, scan, data_off, None, progress, kill_in_loop)
         else:
-            done = _write_split(fd, dump, scan, data_off, split, progress)
+            done = _write_split(fd, dump, scan, data_off, scan.parts, progress)
         if not flags and scan.nr_damaged:  # pages that failed only in pass two
             pwrite_all(fd, EF_INCOMPLETE.to_bytes(4, "little"), E_FLAGS_OFFSET)
         if progress is not None:
@@ -186,10 +188,11 @@ PARALLEL_MIN_BYTES = 8 << 20
 PROCESSES_ENV = "DUMPSAVER_ELF_PROCESSES"
 
 
-def _parallel(scan: Scan) -> bool:
-    """Whether to fork a second writer: 2+ CPUs in our affinity, enough pages to pay
-    for the fork, and (by default) a 1-minute load average below the CPU count minus
-    one, i.e. a CPU likely free for the child.  Early in a boot it is near zero."""
+def _parallel(stored_bytes: int) -> bool:
+    """Whether to fork a second scanner and writer: 2+ CPUs in our affinity, enough
+    stored bytes to pay for the forks, and (by default) a 1-minute load average below
+    the CPU count minus one, i.e. a CPU likely free for the child.  Early in a boot
+    it is near zero."""
     want = os.environ.get(PROCESSES_ENV)
     if want == "1":
         return False
@@ -197,7 +200,7 @@ def _parallel(scan: Scan) -> bool:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    if cpus < 2 or scan.stored_bytes < PARALLEL_MIN_BYTES:
+    if cpus < 2 or stored_bytes < PARALLEL_MIN_BYTES:
         return False
     if want == "2":
         return True
@@ -207,39 +210,66 @@ def _parallel(scan: Scan) -> bool:
         return False
 
 
-def _split_pfn(scan: Scan) -> int | None:
-    """The PFN below which half of the scan's pages lie."""
-    half = scan.good // 2
-    seen = 0
-    for first, count in scan.iter_runs():
-        if seen + count > half:
-            return first + (half - seen)
-        seen += count
-    return None
+def _scan_split(dump: Dump) -> Scan:
+    """Pass one on two CPUs: a forked child scans the upper half of the directory while
+    this process scans the lower.  The child's first entries are judged against a guess
+    of the last PFN this process will accept (Dump.guess_prev); when the guess was
+    wrong (an entry out of order just before the middle), or the child failed, this
+    process scans the upper half again itself, from the right PFN: the result is
+    always the one-process scan's."""
+    n = dump.header.nr_entries
+    lower = Part(0, n // 2)
+    guess = dump.guess_prev(lower.stop)
+    child = Child(lambda: dump.scan(Part(lower.stop, n, guess)).to_bytes())
+    try:
+        scan = dump.scan(lower)
+    except BaseException:
+        child.kill()
+        raise
+    try:
+        upper: Scan | None = Scan.from_bytes(child.result())
+    except ChildFailed:
+        upper = None
+    prev = scan.last_accepted
+    if upper is not None and prev == guess:
+        scan.extend(upper)
+    else:
+        dump.scan(Part(lower.stop, n, prev), into=scan)
+    scan.parts = (lower, Part(lower.stop, n, prev))
+    return scan
 
 
 def _write_pages(
-    fd: int, dump: Dump, scan: Scan, data_off: int, lo: int, hi: int | None,
+    fd: int, dump: Dump, scan: Scan, data_off: int, part: Part | None,
     progress: Progress | None, kill_in_loop: bool = False, share: float = 1.0,
 ) -> int:
-    """Decompress and write the pages of PFNs [lo, hi) into their places; return how many."""
+    """Decompress and write the pages (of ``part``'s entries when given) into their
+    places; return how many."""
     ps = dump.header.page_size
     buf = bytearray()
     buf_at = data_off
+    runs = scan.runs
+    nruns = len(runs)
     # This process's own sink: its write-behind hints cover its pages.
     with FileSink(fd) as sink:
-        runs = scan.iter_runs()
-        run_first, run_count = next(runs, (0, 0))
-        base = data_off  # file offset of the current run (segments follow each other)
+        ri = 0  # the run of the page written last, its first PFN, its end, its offset
+        run_first, run_end = (runs[0], runs[0] + runs[1]) if nruns else (0, 0)
+        base = data_off  # (segments follow each other in the file)
         done = 0
         total_pages = scan.good
-        pages = dump.pages(scan) if lo == 0 and hi is None else dump.pages(scan, lo, hi)
-        for pfn, page in pages:
+        for pfn, page in dump.pages(scan, part):
             if kill_in_loop:
                 faults.checkpoint("write-page")
-            while pfn >= run_first + run_count:
-                base += run_count * ps
-                run_first, run_count = next(runs)
+            if pfn >= run_end:
+                nxt = ri + 2
+                if pfn < runs[nxt] + runs[nxt + 1]:  # the next run: the usual case
+                    base += (run_end - run_first) * ps
+                    ri = nxt
+                else:  # a part's first page: jump over the runs before it
+                    k = 2 * run_at(runs, pfn, ri // 2)
+                    base += ps * sum(runs[ri + 1 : k : 2])
+                    ri = k
+                run_first, run_end = runs[ri], runs[ri] + runs[ri + 1]
             at = base + (pfn - run_first) * ps
             if page is None:  # zero page: leave a hole
                 if buf:
@@ -266,56 +296,30 @@ def _write_pages(
 
 
 def _write_split(
-    fd: int, dump: Dump, scan: Scan, data_off: int, split: int, progress: Progress | None
+    fd: int, dump: Dump, scan: Scan, data_off: int, parts: tuple[Part, ...],
+    progress: Progress | None,
 ) -> int:
-    """_write_pages on two CPUs: a forked child takes the PFNs from ``split`` up, this
-    process those below; the child reports its page count and damage over a pipe."""
+    """_write_pages on two CPUs: a forked child writes the pages of ``parts[1]``, this
+    process those of ``parts[0]``; the child hands back its page count and damage."""
+    lower, upper = parts
     before = collections.Counter(scan.damaged)
-    noted = len(scan.damaged_pfns)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns, never runs the parent's cleanup
-        code = 1
-        try:
-            os.close(r)
-            n = _write_pages(fd, dump, scan, data_off, split, None, None)
-            msg: dict[str, Any] = {"done": n, "damaged": dict(scan.damaged - before),
-                   "pfns": scan.damaged_pfns[noted:]}
-            code = 0
-        except BaseException as e:  # reported to the parent, which raises it
-            msg = {"error": f"{type(e).__name__}: {e}"}
-        try:
-            data = json.dumps(msg).encode()
-            while data:
-                data = data[os.write(w, data) :]
-        finally:
-            os._exit(code)
-    os.close(w)
+
+    def child_half() -> bytes:
+        n = _write_pages(fd, dump, scan, data_off, upper, None)
+        return json.dumps({"done": n, "damaged": dict(scan.damaged - before),
+                           "pfns": scan.damaged_pfns}).encode()  # fmt: skip
+
+    child = Child(child_half)
     try:
-        done = _write_pages(fd, dump, scan, data_off, 0, split, progress, share=0.5)
+        done = _write_pages(fd, dump, scan, data_off, lower, progress, share=0.5)
     except BaseException:
-        os.close(r)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        child.kill()
         raise
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    _pid, status = os.waitpid(pid, 0)
     try:
-        msg = json.loads(b"".join(chunks))
-    except ValueError:
-        msg = {}
-    assert isinstance(msg, dict)
-    if os.waitstatus_to_exitcode(status) != 0 or "done" not in msg:
-        why = msg.get("error") or f"exit status {os.waitstatus_to_exitcode(status)}"
-        raise RuntimeError(f"the process writing the upper half of the pages failed: {why}")
+        msg = json.loads(child.result())
+    except ChildFailed as e:
+        raise RuntimeError(f"the process writing the upper half of the pages failed: {e}") from None
     scan.damaged.update(msg["damaged"])
     for pfn in msg["pfns"]:
-        if len(scan.damaged_pfns) < 64:
-            scan.damaged_pfns.append(pfn)
+        scan.note_pfn(pfn)
     return done + int(msg["done"])

@@ -385,7 +385,7 @@ def test_elf_writer_memory_does_not_grow_with_runs(tmp_path: Path) -> None:
     h = types.SimpleNamespace(page_size=4096, truncated=False)
     meta = fmt.MetaInfo()
     dump = types.SimpleNamespace(header=h, meta=meta, meta_ok=True, header_ok=True,
-                                 pages=lambda s: iter(()))  # fmt: skip
+                                 pages=lambda s, part: iter(()))  # fmt: skip
     out = tmp_path / "vmcore"
     fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
     tracemalloc.start()
