@@ -183,8 +183,9 @@ PARALLEL_MIN_BYTES = 8 << 20
 #: ``DUMPSAVER_ELF_PROCESSES``: ``1`` always writes with one process, ``2`` with two
 #: whenever 2+ CPUs are ours; unset, two unless the machine is busy (below).  Measured
 #: side by side (docs/performance.md): on an idle 2-CPU VM two processes took
-#: 1/1.34-1/1.59 of one's wall time; on the same VM shared with four busy QEMU guests
-#: (load 5-15) 0.54-1.06x, never a gain: no second CPU was free.
+#: 1/1.60-1/1.70 of one's wall time (pass one split too); on the same VM shared with
+#: four busy QEMU guests (load 5-15, before pass one was split) 0.54-1.06x, never a
+#: gain: no second CPU was free.
 PROCESSES_ENV = "DUMPSAVER_ELF_PROCESSES"
 
 
