@@ -25,7 +25,12 @@ class Child:
 
     def __init__(self, fn: Callable[[], bytes]) -> None:
         r, w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # (EAGAIN, ENOMEM: the caller does the work itself)
+            os.close(r)
+            os.close(w)
+            raise
         if pid == 0:  # the child: never returns, never runs the parent's cleanup
             code = 1
             try:

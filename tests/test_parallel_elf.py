@@ -141,3 +141,27 @@ def test_second_process_by_default_when_a_cpu_is_free(
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     assert elf._parallel(elf.PARALLEL_MIN_BYTES) is forks
     assert elf._parallel(elf.PARALLEL_MIN_BYTES - 1) is False
+
+
+@pytest.mark.parametrize("refused", ["scan", "write"])
+def test_no_second_process_no_failure(make_sim, tmp_path, monkeypatch, refused) -> None:  # type: ignore[no-untyped-def]
+    """fork refused (EAGAIN: a process limit, ENOMEM) for the scan or for the pages: one
+    process does that part, the same file."""
+    sim = make_sim(memory=16 << 20, profile="busy", seed=21)
+    one = _save(sim, tmp_path / "one", monkeypatch, forked=False)
+    real_fork = os.fork
+    forks: list[str] = []
+
+    def fork() -> int:
+        forks.append("scan" if not forks else "write")
+        if forks[-1] == refused:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(elf, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setenv(elf.PROCESSES_ENV, "2")
+    res = save_sim(sim, tmp_path / "two", fmt_name="elf", keep=True)
+    assert res.dump_dir is not None
+    assert forks == (["scan"] if refused == "scan" else ["scan", "write"])
+    assert (one / "vmcore").read_bytes() == (res.dump_dir / "vmcore").read_bytes()

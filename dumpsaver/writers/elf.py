@@ -221,7 +221,10 @@ def _scan_split(dump: Dump) -> Scan:
     n = dump.header.nr_entries
     lower = Part(0, n // 2)
     guess = dump.guess_prev(lower.stop)
-    child = Child(lambda: dump.scan(Part(lower.stop, n, guess)).to_bytes())
+    try:
+        child = Child(lambda: dump.scan(Part(lower.stop, n, guess)).to_bytes())
+    except OSError:  # no second process today: one scans it all
+        return dump.scan()
     try:
         scan = dump.scan(lower)
     except BaseException:
@@ -229,7 +232,7 @@ def _scan_split(dump: Dump) -> Scan:
         raise
     try:
         upper: Scan | None = Scan.from_bytes(child.result())
-    except ChildFailed:
+    except (ChildFailed, ValueError, KeyError):
         upper = None
     prev = scan.last_accepted
     if upper is not None and prev == guess:
@@ -310,7 +313,10 @@ def _write_split(
         return json.dumps({"done": n, "damaged": dict(scan.damaged - before),
                            "pfns": scan.damaged_pfns}).encode()  # fmt: skip
 
-    child = Child(child_half)
+    try:
+        child = Child(child_half)
+    except OSError:  # no second process: this one writes both halves
+        return _write_pages(fd, dump, scan, data_off, None, progress)
     try:
         done = _write_pages(fd, dump, scan, data_off, lower, progress, share=0.5)
     except BaseException:
