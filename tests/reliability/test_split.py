@@ -6,9 +6,13 @@ damage right at, before and after the cut."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dumpsaver.decode import Dump, Part, Scan
 from dumpsaver.physmem import PhysMem
@@ -79,3 +83,48 @@ def test_a_part_from_a_wrong_prev_differs(opened: tuple[Dump, list[int]]) -> Non
     right = d.scan(Part(cut, n, lower.last_accepted))
     wrong = d.scan(Part(cut, n, d.header.mem_pages - 1))
     assert right.good > 0 and wrong.good == 0
+
+
+#: What one entry can be made to say (valid entry CRC unless "entry-crc").
+DAMAGE = ["far-ahead", "behind", "repeat", "ahead-by-one", "beyond", "entry-crc", "page-crc"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_damage_any_cut(machines: dict[str, Sim], data: st.DataObject) -> None:
+    """Random damage at random entries, cut at a random entry near it: the parts, each
+    from the right ``prev``, give the scan of the whole; a part from the guessed
+    ``prev`` does too whenever the guess is right."""
+    with tempfile.TemporaryDirectory() as tmp:
+        m = machines["m1"].copy(Path(tmp) / "m")
+        c = Crafted(m)
+        n = len(c.entries)
+        spots = data.draw(st.lists(st.tuples(st.integers(1, n - 2), st.sampled_from(DAMAGE)),
+                                   min_size=1, max_size=5))  # fmt: skip
+        for i, kind in spots:
+            e = c.entries[i]
+            if kind == "entry-crc":
+                raw = bytearray(e.encode())
+                raw[0] ^= 0x55
+                c.write(c.header.dir_offset + i * 32, bytes(raw))
+            elif kind == "page-crc":
+                c.set_entry(i, crc=e.crc ^ 1)
+            else:
+                pfn = {"far-ahead": c.header.mem_pages - 1, "behind": 0,
+                       "repeat": c.entries[i - 1].pfn, "ahead-by-one": c.entries[i + 1].pfn,
+                       "beyond": c.header.mem_pages + 1}[kind]  # fmt: skip
+                c.set_entry(i, pfn=pfn)
+        near = spots[0][0]
+        cut = data.draw(st.integers(max(0, near - 4), min(n, near + 4)))
+        with PhysMem(str(m.mem), m.area) as mem:
+            d = Dump(mem, m.header_paddr)
+            whole = d.scan()
+            lower = d.scan(Part(0, cut))
+            prev, guess = lower.last_accepted, d.guess_prev(cut)
+            upper = d.scan(Part(cut, n, guess))
+            d.scan(Part(cut, n, prev), into=lower)
+            assert _state(lower) == _state(whole)
+            if guess == prev:
+                first = d.scan(Part(0, cut))
+                first.extend(upper)
+                assert _state(first) == _state(whole)
