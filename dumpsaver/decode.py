@@ -526,7 +526,8 @@ class Dump:
         empty = memoryview(b"")
         for acc in self._accepted(None, part):
             batch: list[tuple[RawEntry, memoryview | None]] = []
-            if acc[0][0] >= hi:  # (a part's first list) skip the runs before it at once
+            if acc[0][0] >= hi:  # skip the runs before this list at once (a part's first
+                # list may start thousands of runs in)
                 ri = 2 * run_at(runs, acc[0][0], ri // 2)
                 lo, hi = runs[ri], runs[ri] + runs[ri + 1]
             for e in acc:
